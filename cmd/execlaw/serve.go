@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/api"
+	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/process"
+	"github.com/execlaw/execlaw/internal/session"
+	"github.com/execlaw/execlaw/internal/store"
+	"github.com/execlaw/execlaw/internal/version"
+	"github.com/execlaw/execlaw/web"
+)
+
+// serveConfig is every setting of execlaw serve. Each flag has an
+// EXECLAW_* environment variable; a flag given on the command line wins.
+type serveConfig struct {
+	Listen        string
+	DataDir       string
+	Sandbox       string
+	Auth          string
+	Token         string
+	MaxSessions   int
+	MemoryPercent float64
+	GuestBin      string
+	MaxSteps      int
+	LLMRetries    int
+	LogLevel      string
+}
+
+func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
+	var c serveConfig
+	fs := flag.NewFlagSet("execlaw serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	fs.StringVar(&c.Listen, "listen", env("EXECLAW_LISTEN", "127.0.0.1:8000"), "address to listen on (EXECLAW_LISTEN)")
+	fs.StringVar(&c.DataDir, "data-dir", env("EXECLAW_DATA_DIR", "./data"), "directory for the database, token and sandboxes (EXECLAW_DATA_DIR)")
+	fs.StringVar(&c.Sandbox, "sandbox", env("EXECLAW_SANDBOX", "auto"), "sandbox driver: auto, process, qemu or firecracker (EXECLAW_SANDBOX)")
+	fs.StringVar(&c.Auth, "auth", env("EXECLAW_AUTH", "token"), "authentication: token, none (loopback only) or exedev (EXECLAW_AUTH)")
+	fs.StringVar(&c.Token, "token", env("EXECLAW_TOKEN", ""), "access token for --auth token; generated and stored in the data directory if empty (EXECLAW_TOKEN)")
+	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
+	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
+	intFlag := func(p *int, name, envName string, def int, help string) error {
+		v, err := strconv.Atoi(env(envName, strconv.Itoa(def)))
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a number", envName, getenv(envName))
+		}
+		fs.IntVar(p, name, v, help+" ("+envName+")")
+		return nil
+	}
+	for _, f := range []struct {
+		p                   *int
+		name, envName, help string
+		def                 int
+	}{
+		{&c.MaxSessions, "max-sessions", "EXECLAW_MAX_SESSIONS", "sessions that may run at once", 10},
+		{&c.MaxSteps, "max-steps", "EXECLAW_MAX_STEPS", "model calls per turn before the agent stops", 50},
+		{&c.LLMRetries, "llm-retries", "EXECLAW_LLM_RETRIES", "retries of a failed model call (429, 5xx, network)", 2},
+	} {
+		if err := intFlag(f.p, f.name, f.envName, f.def, f.help); err != nil {
+			return c, err
+		}
+	}
+	mem, err := strconv.ParseFloat(env("EXECLAW_MEMORY_LIMIT_PERCENT", "90"), 64)
+	if err != nil {
+		return c, fmt.Errorf("EXECLAW_MEMORY_LIMIT_PERCENT: not a number")
+	}
+	fs.Float64Var(&c.MemoryPercent, "memory-limit-percent", mem, "refuse new sessions past this share of host memory (EXECLAW_MEMORY_LIMIT_PERCENT)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	switch {
+	case c.Auth != api.AuthNone && c.Auth != api.AuthToken && c.Auth != api.AuthExeDev:
+		return c, fmt.Errorf("--auth must be none, token or exedev, not %q", c.Auth)
+	case c.MaxSessions < 1:
+		return c, errors.New("--max-sessions must be at least 1")
+	case c.MemoryPercent <= 0 || c.MemoryPercent > 100:
+		return c, errors.New("--memory-limit-percent must be in (0, 100]")
+	case c.MaxSteps < 1:
+		return c, errors.New("--max-steps must be at least 1")
+	case c.LLMRetries < 0 || c.LLMRetries > 10:
+		return c, errors.New("--llm-retries must be between 0 and 10")
+	}
+	return c, api.CheckListen(c.Auth, c.Listen)
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseServeFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.LogLevel, stderr)
+	if err != nil {
+		return err
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	if cfg.Auth == api.AuthToken && cfg.Token == "" {
+		if cfg.Token, err = loadOrCreateToken(filepath.Join(dataDir, "token")); err != nil {
+			return err
+		}
+	}
+
+	driver, reason, err := chooseDriver(cfg.Sandbox, cfg.GuestBin, getenv, log)
+	if err != nil {
+		return err
+	}
+	log.Info("sandbox driver chosen", "driver", driver.Name(), "isolated", driver.Isolated(), "why", reason)
+
+	st, err := store.Open(ctx, filepath.Join(dataDir, "execlaw.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	mgr := session.NewManager(session.Config{
+		DataDir: dataDir, MaxSessions: cfg.MaxSessions, MemoryLimitPercent: cfg.MemoryPercent,
+		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries,
+	}, st, driver, log)
+	if err := mgr.Recover(ctx); err != nil {
+		return fmt.Errorf("recover sessions: %w", err)
+	}
+	mgr.Start()
+
+	srv := api.NewServer(api.Options{
+		Logger: log, Auth: api.Auth{Mode: cfg.Auth, Token: cfg.Token}, Sessions: mgr, Store: st,
+		Models: &llm.Lister{},
+		Platform: api.Platform{
+			Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: reason, Version: version.String(),
+		},
+		Assets: web.Assets,
+	})
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		mgr.Close(context.Background())
+		return err
+	}
+	httpServer := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpServer.Serve(ln) }()
+
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(stdout, "ExeClaw %s is listening on %s (sandbox: %s)\n", version.Version, url, driver.Name())
+	if cfg.Auth == api.AuthToken {
+		fmt.Fprintf(stdout, "Access token: %s\n", cfg.Token)
+	}
+	if !driver.Isolated() {
+		fmt.Fprintln(stdout, "WARNING: the process sandbox is NOT an isolation boundary: agents run as this user on this host.")
+	}
+
+	select {
+	case err = <-serveErr:
+	case <-ctx.Done():
+		log.Info("shutting down")
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	srv.CloseStreams()
+	if serr := httpServer.Shutdown(shutdownCtx); serr != nil {
+		log.Warn("http shutdown", "err", serr)
+	}
+	mgr.Close(shutdownCtx)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// chooseDriver picks the sandbox driver and says why.
+func chooseDriver(name, guestBin string, getenv func(string) string, log *slog.Logger) (sandbox.Driver, string, error) {
+	switch name {
+	case "auto", "process":
+	case "qemu", "firecracker":
+		return nil, "", fmt.Errorf("--sandbox %s: this build has no %s driver yet; use --sandbox process", name, name)
+	default:
+		return nil, "", fmt.Errorf("--sandbox must be auto, process, qemu or firecracker, not %q", name)
+	}
+	if guestBin == "" {
+		var err error
+		if guestBin, err = process.FindGuestBinary(getenv); err != nil {
+			return nil, "", err
+		}
+	}
+	d, err := process.New(process.Config{GuestBinary: guestBin, Logger: log})
+	if err != nil {
+		return nil, "", err
+	}
+	reason := "requested with --sandbox process"
+	if name == "auto" {
+		reason = "no microVM driver is available in this build, so the process driver is used; it does not isolate agents from the host"
+	}
+	return d, reason, nil
+}
+
+// loadOrCreateToken returns the token stored at path, making one the first time.
+func loadOrCreateToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read token: %w", err)
+	}
+	var raw [24]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(raw[:])
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("store token: %w", err)
+	}
+	return token, nil
+}

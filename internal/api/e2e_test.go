@@ -1,0 +1,201 @@
+package api_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/testutil"
+)
+
+// A whole turn over HTTP: the model runs a bash command that writes a file,
+// gets the real output back, and answers; the stream shows every step.
+func TestTurnEndToEnd(t *testing.T) {
+	for _, provider := range []string{"anthropic", "openai"} {
+		t.Run(provider, func(t *testing.T) {
+			var fake *llmtest.Server
+			if provider == "anthropic" {
+				fake = llmtest.NewAnthropic().Attach(t)
+			} else {
+				fake = llmtest.NewOpenAI().Attach(t)
+			}
+			fake.Enqueue(
+				llmtest.Turn{
+					Text: "I'll create the file.",
+					ToolCalls: []llmtest.ToolCall{{Name: "bash",
+						Input: `{"command":"printf 'hello from the sandbox\\n' > hello.txt && cat hello.txt && echo exit-code-check >&2"}`}},
+					InputTokens: 100, OutputTokens: 20,
+				},
+				llmtest.Turn{Text: "Done: **hello.txt** is written.", InputTokens: 150, OutputTokens: 10},
+			)
+			h := newHarness(t, harnessOptions{})
+			model := "claude-sonnet-4-20250514"
+			if provider == "openai" {
+				model = "gpt-4o"
+			}
+			s := h.create(map[string]any{"provider": provider, "apiKey": "sk-test-key", "model": model, "baseUrl": fake.BaseURL()})
+			if s.State != "creating" || s.Sandbox != "process" || s.Isolated {
+				t.Fatalf("new session: %+v", s)
+			}
+			st := h.stream(s.ID, "")
+			h.input(s.ID, "Write hello.txt please")
+			st.WaitType(t, wait, event.AgentIdle, 1)
+
+			events := st.Events()
+			for i, e := range events {
+				if e.ID != int64(i+1) {
+					t.Fatalf("event %d has id %d; ids must count from 1 without gaps: %s", i, e.ID, testutil.Summary(events))
+				}
+			}
+			// The contract's order: the message, the turn starting, the tool
+			// call and its result, the streamed answer, usage, the turn ending.
+			pos := 0
+			for _, typ := range []string{event.UserMessage, event.AgentBusy, event.MessageDelta, event.Message,
+				event.ToolCall, event.ToolResult, event.Usage, event.MessageDelta, event.Message, event.Usage, event.AgentIdle} {
+				i := indexOf(events, typ, pos)
+				if i < 0 {
+					t.Fatalf("no %s after position %d in %v", typ, pos, types(events))
+				}
+				pos = i + 1
+			}
+
+			call := events[indexOf(events, event.ToolCall, 0)]
+			var tc event.ToolCallData
+			json.Unmarshal(call.Data, &tc)
+			if tc.Name != "bash" || !strings.Contains(string(tc.Input), "hello.txt") {
+				t.Errorf("tool_call = %s", call.Data)
+			}
+			var tr event.ToolResultData
+			json.Unmarshal(events[indexOf(events, event.ToolResult, 0)].Data, &tr)
+			if tr.ID != tc.ID || tr.IsError || tr.ExitCode == nil || *tr.ExitCode != 0 ||
+				!strings.Contains(tr.Output, "hello from the sandbox") || !strings.Contains(tr.Output, "exit-code-check") {
+				t.Errorf("tool_result = %+v", tr)
+			}
+
+			// Deltas join to the complete message.
+			var final event.MessageData
+			lastMsg := -1
+			for i, e := range events {
+				if e.Type == event.Message {
+					lastMsg = i
+				}
+			}
+			json.Unmarshal(events[lastMsg].Data, &final)
+			var joined strings.Builder
+			for _, e := range events {
+				if e.Type == event.MessageDelta && e.Field("messageId") == final.MessageID {
+					joined.WriteString(e.Field("text"))
+				}
+			}
+			if final.Content != "Done: **hello.txt** is written." || joined.String() != final.Content {
+				t.Errorf("final message %q, deltas joined %q", final.Content, joined.String())
+			}
+
+			var usage event.UsageData
+			json.Unmarshal(events[indexOf(events, event.Usage, pos-3)].Data, &usage)
+			if usage.Total.InputTokens < 250 || usage.Total.OutputTokens != 30 {
+				t.Errorf("usage total = %+v, want 250+ in / 30 out", usage.Total)
+			}
+
+			// The file is really in the sandbox's workspace.
+			got, err := os.ReadFile(filepath.Join(h.workspace(s.ID), "hello.txt"))
+			if err != nil || string(got) != "hello from the sandbox\n" {
+				t.Fatalf("workspace file: %q, %v", got, err)
+			}
+			// The model got the tool's real output back in the second request.
+			reqs := fake.Requests()
+			if len(reqs) != 2 || !strings.Contains(string(reqs[1].Body), "hello from the sandbox") {
+				t.Fatalf("second model request does not carry the tool result: %d requests", len(reqs))
+			}
+
+			v := h.waitState(s.ID, "active")
+			if v.Usage.OutputTokens != 30 || v.LastEventID < events[len(events)-1].ID {
+				t.Errorf("status after turn: %+v", v)
+			}
+		})
+	}
+}
+
+// A client that connects while the answer is streaming sees the text so far
+// at once, then the rest live.
+func TestStreamJoinMidAnswer(t *testing.T) {
+	gate := make(chan struct{})
+	fake := llmtest.NewAnthropic(llmtest.Turn{Text: "First part, then the rest of the answer.", Gate: gate}).Attach(t)
+	h := newHarness(t, harnessOptions{})
+	s := h.anthropicSession(fake, nil)
+	first := h.stream(s.ID, "")
+	h.input(s.ID, "hi")
+	d := first.WaitType(t, wait, event.MessageDelta, 1)
+
+	late := h.stream(s.ID, "")
+	got := late.WaitType(t, wait, event.MessageDelta, 1)
+	if got.ID != d.ID || got.Field("text") != d.Field("text") {
+		t.Fatalf("late client got %d %s, want %d %s", got.ID, got.Data, d.ID, d.Data)
+	}
+	if late.Events()[len(late.Events())-1].Type == event.AgentIdle {
+		t.Fatal("turn finished before the gate opened")
+	}
+	close(gate)
+	late.WaitType(t, wait, event.AgentIdle, 1)
+	first.WaitType(t, wait, event.AgentIdle, 1)
+	if !reflect.DeepEqual(first.Events(), late.Events()) {
+		t.Fatalf("clients saw different streams:\n%s\n%s", testutil.Summary(first.Events()), testutil.Summary(late.Events()))
+	}
+}
+
+// After a restart, Last-Event-ID: 0 replays exactly what was sent live; the
+// session, whose sandbox did not survive, is stopped with an exit event.
+func TestRestartReplaysIdenticalSequence(t *testing.T) {
+	fake := llmtest.NewAnthropic(
+		llmtest.Turn{Thinking: "Let me list the files.", Text: "Listing.", ToolCalls: []llmtest.ToolCall{{Name: "list_files", Input: `{}`}}},
+		llmtest.Turn{Text: "The workspace is empty."},
+	).Attach(t)
+	h := newHarness(t, harnessOptions{})
+	s := h.anthropicSession(fake, nil)
+	live := h.stream(s.ID, "")
+	h.input(s.ID, "what is here?")
+	live.WaitType(t, wait, event.AgentIdle, 1)
+	before := live.Events()
+	if indexOf(before, event.Thinking, 0) < 0 || indexOf(before, event.ThinkingDelta, 0) < 0 {
+		t.Fatalf("no thinking events: %v", types(before))
+	}
+	live.Close()
+
+	h.crash()
+	h.start()
+
+	replay := h.stream(s.ID, "0")
+	replay.WaitEnd(t, wait)
+	after := replay.Events()
+	if len(after) < len(before) || !reflect.DeepEqual(after[:len(before)], before) {
+		t.Fatalf("replay differs from the live stream:\nlive:   %s\nreplay: %s", testutil.Summary(before), testutil.Summary(after))
+	}
+	tail := after[len(before):]
+	if len(tail) == 0 || tail[len(tail)-1].Type != event.Exit {
+		t.Fatalf("after restart the log should end with exit: %s", testutil.Summary(tail))
+	}
+	v := h.waitState(s.ID, "stopped")
+	if v.EndedAt == nil {
+		t.Errorf("stopped session has no endedAt: %+v", v)
+	}
+	// Resuming from the middle gives exactly the rest.
+	mid := before[len(before)/2].ID
+	rest := h.stream(s.ID, "")
+	rest.Close()
+	part := testutil.OpenSSE(t, http.DefaultClient, h.url("/api/sessions/"+s.ID+"/stream?after="+strconv.FormatInt(mid, 10)), h.authHeader())
+	part.WaitEnd(t, wait)
+	if !reflect.DeepEqual(part.Events(), after[mid:]) {
+		t.Fatalf("?after=%d gave %s, want %s", mid, testutil.Summary(part.Events()), testutil.Summary(after[mid:]))
+	}
+	// And nothing of it is left running or on disk.
+	if entries, _ := os.ReadDir(filepath.Join(h.dataDir, "sandboxes")); len(entries) != 0 {
+		t.Errorf("sandbox directories left after restart: %d", len(entries))
+	}
+}

@@ -1,0 +1,154 @@
+// Package api is ExeClaw's HTTP interface: the JSON API of DESIGN.md section 4,
+// its Server-Sent Events stream, authentication, and the embedded web UI.
+package api
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/session"
+	"github.com/execlaw/execlaw/internal/store"
+)
+
+// Platform is what /api/platform and /api/health report about the host.
+type Platform struct {
+	IsExeDev      bool   `json:"isExeDev"`
+	Sandbox       string `json:"sandbox"`
+	Isolated      bool   `json:"isolated"`
+	SandboxReason string `json:"sandboxReason"`
+	Version       string `json:"version"`
+}
+
+// Assets is the web UI: index.html, login.html and what they load.
+type Assets interface {
+	fs.FS
+	ReadFile(name string) ([]byte, error)
+}
+
+// Server serves the API and the UI.
+type Server struct {
+	log      *slog.Logger
+	auth     Auth
+	sessions *session.Manager
+	store    *store.Store
+	models   *llm.Lister
+	platform Platform
+	assets   Assets
+
+	// streams ends every open event stream when the server shuts down;
+	// http.Server.Shutdown would otherwise wait for them forever.
+	streams     context.Context
+	stopStreams context.CancelFunc
+	heartbeat   time.Duration
+
+	handler http.Handler
+}
+
+// Options are the server's dependencies.
+type Options struct {
+	Logger   *slog.Logger
+	Auth     Auth
+	Sessions *session.Manager
+	Store    *store.Store
+	Models   *llm.Lister
+	Platform Platform
+	Assets   Assets
+	// Heartbeat is how often an idle event stream gets a comment line (default 15s).
+	Heartbeat time.Duration
+}
+
+// NewServer builds the HTTP handler.
+func NewServer(o Options) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log: o.Logger, auth: o.Auth, sessions: o.Sessions, store: o.Store, models: o.Models,
+		platform: o.Platform, assets: o.Assets, streams: ctx, stopStreams: cancel, heartbeat: o.Heartbeat,
+	}
+	if s.heartbeat <= 0 {
+		s.heartbeat = 15 * time.Second
+	}
+	if s.models == nil {
+		s.models = &llm.Lister{}
+	}
+	s.handler = s.routes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// CloseStreams ends open event streams; call it before http.Server.Shutdown.
+func (s *Server) CloseStreams() { s.stopStreams() }
+
+// securityHeaders apply to every answer. The CSP allows no inline script and
+// no other origin, so agent output rendered in the page cannot run code.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
+			"connect-src 'self'; font-src 'self'; object-src 'none'; frame-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Cross-Origin-Resource-Policy", "same-origin")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusRecorder remembers the status for the access log, and passes
+// flushing and deadlines through for event streams.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// accessLog logs each request without its query, headers or body: those can
+// carry keys.
+func (s *Server) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", p)
+				if rec.status == 0 {
+					writeJSON(rec, http.StatusInternalServerError, map[string]string{"error": "internal error"})
+				}
+			}
+			s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "ms", time.Since(start).Milliseconds())
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+func splitHostPort(addr string) (string, string, error) { return net.SplitHostPort(addr) }
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}

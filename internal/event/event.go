@@ -1,0 +1,107 @@
+// Package event names the events of a session's stream and the shapes of their
+// data, exactly as the API contract (DESIGN.md section 4) writes them. The agent
+// produces them, the session manager stores and fans them out, the API streams
+// them and renders transcripts from them.
+package event
+
+import (
+	"context"
+	"encoding/json"
+)
+
+// Event types.
+const (
+	Status        = "status"
+	UserMessage   = "user_message"
+	MessageDelta  = "message_delta"
+	Message       = "message"
+	ThinkingDelta = "thinking_delta"
+	Thinking      = "thinking"
+	ToolCall      = "tool_call"
+	ToolResult    = "tool_result"
+	AgentBusy     = "agent_busy"
+	AgentIdle     = "agent_idle"
+	Usage         = "usage"
+	Exit          = "exit"
+	Error         = "error_event"
+)
+
+// Emitter appends an event to a session's log and delivers it to live readers.
+// data is marshalled to JSON.
+type Emitter interface {
+	Emit(ctx context.Context, typ string, data any) error
+}
+
+// StatusData reports a state change, or a boot phase while booting.
+type StatusData struct {
+	State   string  `json:"state"`
+	Uptime  float64 `json:"uptime"`
+	Phase   string  `json:"phase,omitempty"`
+	Message string  `json:"message,omitempty"`
+}
+
+// UserMessageData is what the user sent.
+type UserMessageData struct {
+	MessageID string `json:"messageId"`
+	Content   string `json:"content"`
+}
+
+// DeltaData is a piece of streamed text (message_delta, thinking_delta).
+type DeltaData struct {
+	MessageID string `json:"messageId"`
+	Text      string `json:"text"`
+}
+
+// MessageData is a complete text block (message, thinking).
+type MessageData struct {
+	MessageID string `json:"messageId"`
+	Role      string `json:"role"`
+	Content   string `json:"content"`
+}
+
+// ToolCallData is a tool call the model made.
+type ToolCallData struct {
+	ID    string          `json:"id"`
+	Name  string          `json:"name"`
+	Input json.RawMessage `json:"input"`
+}
+
+// ToolResultData is what a tool call returned.
+type ToolResultData struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Output     string `json:"output"`
+	IsError    bool   `json:"isError"`
+	ExitCode   *int   `json:"exitCode,omitempty"`
+	DurationMs int64  `json:"durationMs"`
+	Truncated  bool   `json:"truncated,omitempty"`
+}
+
+// UsageTotals is a running count of tokens and cost.
+type UsageTotals struct {
+	InputTokens  int64   `json:"inputTokens"`
+	OutputTokens int64   `json:"outputTokens"`
+	CostUSD      float64 `json:"costUsd"`
+}
+
+// UsageData is the usage of one model call plus the session's running total.
+type UsageData struct {
+	InputTokens  int64       `json:"inputTokens"`
+	OutputTokens int64       `json:"outputTokens"`
+	CostUSD      float64     `json:"costUsd"`
+	Total        UsageTotals `json:"total"`
+}
+
+// ExitData says the session's sandbox is gone.
+type ExitData struct {
+	Code   int    `json:"code"`
+	Reason string `json:"reason"`
+}
+
+// ErrorData is a problem the user should read.
+type ErrorData struct {
+	Message string `json:"message"`
+}
+
+// Empty is the data of agent_busy and agent_idle.
+type Empty struct{}

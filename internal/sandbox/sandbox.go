@@ -1,0 +1,57 @@
+// Package sandbox defines what the session manager needs from a place to run an
+// agent's tools: a Driver that starts Sandboxes, each reached through the guest
+// protocol. Drivers live in subpackages (process, qemu, firecracker) and never
+// import each other.
+package sandbox
+
+import (
+	"context"
+
+	"github.com/execlaw/execlaw/internal/guest"
+)
+
+// Spec is what a session asks of a new sandbox.
+type Spec struct {
+	// SessionID names the sandbox in logs and host resources.
+	SessionID string
+	// Dir is a host directory that belongs to this sandbox alone (sockets, disks,
+	// the process driver's workspace). It exists and is empty when Start is
+	// called; the session manager removes it after Stop.
+	Dir string
+	// VCPUs and MemoryMiB size a VM; the process driver ignores them.
+	VCPUs     int
+	MemoryMiB int
+	// Network is "full" or "none".
+	Network string
+	// Progress, when set, is told each boot phase as it begins ("vmm", "kernel",
+	// "init", "guest-api"...), so the UI can show where a slow boot is.
+	Progress func(phase string)
+}
+
+// Driver starts sandboxes of one kind.
+type Driver interface {
+	// Name is what the API reports: "process", "qemu-tcg", "qemu-kvm", "firecracker".
+	Name() string
+	// Isolated is false for drivers that are not a security boundary.
+	Isolated() bool
+	// Start boots a sandbox and returns once its guest API answers. On error,
+	// or when ctx ends first, nothing it started is left running.
+	Start(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// Sandbox is one running guest.
+type Sandbox interface {
+	// Guest is the control-protocol client for this sandbox.
+	Guest() *guest.Client
+	// Workspace is the directory inside the guest where the agent works.
+	Workspace() string
+	// Done is closed once the sandbox has exited, for any reason.
+	Done() <-chan struct{}
+	// ExitError says why the sandbox exited on its own (a crash); it is nil
+	// before Done is closed and after a Stop.
+	ExitError() error
+	// Stop shuts the sandbox down and frees every host resource it holds
+	// (processes, sockets, devices). It is safe to call more than once and
+	// from several goroutines.
+	Stop(ctx context.Context) error
+}

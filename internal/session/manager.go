@@ -1,0 +1,416 @@
+// Package session runs agent sessions: their lifecycle and states, the limits
+// that protect the host, the idle reaper, and each session's event log.
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/hostinfo"
+	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/store"
+)
+
+// States of a session, as the API reports them.
+const (
+	StateCreating = "creating"
+	StateBooting  = "booting"
+	StateActive   = "active"
+	StateBusy     = "busy"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// Config tunes the manager.
+type Config struct {
+	// DataDir holds per-sandbox directories under DataDir/sandboxes.
+	DataDir string
+	// MaxSessions is how many sessions may run at once (default 10).
+	MaxSessions int
+	// MemoryLimitPercent refuses a new session when host memory in use plus
+	// the new sandbox's memory would pass this share of the total (default 90).
+	MemoryLimitPercent float64
+	// ReapInterval is how often idle sessions are looked for (default 30s).
+	ReapInterval time.Duration
+	// StopTimeout bounds how long stopping one sandbox may take (default 30s).
+	StopTimeout time.Duration
+	// MaxSteps and LLMRetries tune the built-in agent.
+	MaxSteps   int
+	LLMRetries int
+	// LLMClient is used for model calls; nil means llm.DefaultHTTPClient.
+	LLMClient *http.Client
+}
+
+// User is who owns a session.
+type User struct {
+	ID    string
+	Email string
+}
+
+// Manager owns every running session.
+type Manager struct {
+	cfg    Config
+	store  *store.Store
+	driver sandbox.Driver
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[string]*Session // running: not yet stopped or failed
+	closing  bool
+
+	stopReaper context.CancelFunc
+	reaperDone chan struct{}
+}
+
+// NewManager makes a manager. Call Recover before serving and Close at the end.
+func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Logger) *Manager {
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 10
+	}
+	if cfg.MemoryLimitPercent <= 0 {
+		cfg.MemoryLimitPercent = 90
+	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 30 * time.Second
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 30 * time.Second
+	}
+	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}}
+}
+
+// Driver is the sandbox driver sessions run in.
+func (m *Manager) Driver() sandbox.Driver { return m.driver }
+
+// MaxSessions is the configured limit.
+func (m *Manager) MaxSessions() int { return m.cfg.MaxSessions }
+
+// Running counts sessions that hold (or are getting) a sandbox.
+func (m *Manager) Running() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.sessions)
+}
+
+func (m *Manager) sandboxDir(id string) string {
+	return filepath.Join(m.cfg.DataDir, "sandboxes", id)
+}
+
+// Recover runs once at start, before anything else: sessions the previous
+// run left unfinished have lost their sandbox, so they are marked stopped with
+// an exit event, and leftover sandbox directories are removed.
+func (m *Manager) Recover(ctx context.Context) error {
+	unfinished, err := m.store.ListUnfinished(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rec := range unfinished {
+		last, err := m.store.LastSeq(ctx, rec.ID)
+		if err != nil {
+			return err
+		}
+		bus := NewBus(m.store, rec.ID, last)
+		if err := m.store.SetState(ctx, rec.ID, StateStopped, ""); err != nil {
+			return err
+		}
+		rec.State, rec.EndedAt = StateStopped, time.Now()
+		reason := "the server restarted; the session's sandbox is gone"
+		if err := bus.Emit(ctx, event.Status, event.StatusData{State: StateStopped, Uptime: viewOf(rec, 0, time.Now()).Uptime, Message: reason}); err != nil {
+			return err
+		}
+		if err := bus.Emit(ctx, event.Exit, event.ExitData{Code: -1, Reason: reason}); err != nil {
+			return err
+		}
+		m.log.Info("session stopped: its sandbox did not survive the restart", "session", rec.ID)
+	}
+	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "sandboxes"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(m.cfg.DataDir, "sandboxes", e.Name())); err != nil {
+			return fmt.Errorf("remove leftover sandbox directory: %w", err)
+		}
+		m.log.Info("removed leftover sandbox directory", "dir", e.Name())
+	}
+	return nil
+}
+
+// Start runs the idle reaper until Close.
+func (m *Manager) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.stopReaper = cancel
+	m.reaperDone = make(chan struct{})
+	go func() {
+		defer close(m.reaperDone)
+		t := time.NewTicker(m.cfg.ReapInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				m.ReapIdle(now)
+			}
+		}
+	}()
+}
+
+// ReapIdle ends every session that has been idle past its timeout at now.
+// Sessions running a turn are not idle.
+func (m *Manager) ReapIdle(now time.Time) {
+	m.mu.Lock()
+	var idle []*Session
+	for _, s := range m.sessions {
+		if s.idleSince(now) > time.Duration(s.idleTimeoutMin)*time.Minute {
+			idle = append(idle, s)
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range idle {
+		m.log.Info("ending idle session", "session", s.id, "idleTimeoutMin", s.idleTimeoutMin)
+		go s.terminate(StateStopped, 0, fmt.Sprintf("idle timeout: no activity for %d minutes", s.idleTimeoutMin))
+	}
+}
+
+// Close ends every session (their sandboxes are stopped) and the reaper.
+func (m *Manager) Close(ctx context.Context) {
+	m.mu.Lock()
+	m.closing = true
+	all := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		all = append(all, s)
+	}
+	m.mu.Unlock()
+	if m.stopReaper != nil {
+		m.stopReaper()
+		<-m.reaperDone
+	}
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Go(func() { s.terminate(StateStopped, 0, "the server is shutting down") })
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		m.log.Warn("shutdown deadline passed while stopping sessions", "err", ctx.Err())
+	}
+}
+
+// Create starts a new session for user. The sandbox boots in the background;
+// the returned view is in state creating.
+func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (View, error) {
+	rec, set, key, err := req.validate()
+	if err != nil {
+		return View{}, err
+	}
+	runner, err := agent.New(ctx, agent.Config{
+		LLM: llm.Config{
+			Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient,
+		},
+		SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
+		MaxSteps: m.cfg.MaxSteps, ThinkingBudget: set.ThinkingBudget, MaxRetries: m.cfg.LLMRetries,
+	}, nil)
+	if err != nil {
+		return View{}, invalid("%v", err)
+	}
+
+	now := time.Now().UTC()
+	rec.ID = newSessionID()
+	rec.UserID = user.ID
+	rec.State = StateCreating
+	rec.Sandbox = m.driver.Name()
+	rec.Isolated = m.driver.Isolated()
+	rec.CreatedAt, rec.LastActivity = now, now
+
+	s := newSession(m, rec, set, runner)
+	if err := m.admit(s); err != nil {
+		return View{}, err
+	}
+	if err := m.persistNew(ctx, user, s); err != nil {
+		m.forget(s)
+		return View{}, err
+	}
+	v := s.view()
+	s.boot()
+	return v, nil
+}
+
+// admit checks the limits and registers s, atomically with respect to other
+// creations so two requests cannot both take the last slot.
+func (m *Manager) admit(s *Session) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return ErrClosing
+	}
+	if len(m.sessions) >= m.cfg.MaxSessions {
+		return &LimitError{fmt.Sprintf("this server runs at most %d sessions at once; end one to start another", m.cfg.MaxSessions)}
+	}
+	mem, err := hostinfo.ReadMemory()
+	if err != nil {
+		return fmt.Errorf("read host memory: %w", err)
+	}
+	// Sandboxes still booting have not taken their memory yet; count it now.
+	pending := 0
+	for _, o := range m.sessions {
+		if o.stateIs(StateCreating, StateBooting) {
+			pending += o.settings.MemoryMiB
+		}
+	}
+	need := s.settings.MemoryMiB
+	after := mem.UsedMiB() + int64(pending+need)
+	if limit := float64(mem.TotalMiB) * m.cfg.MemoryLimitPercent / 100; float64(after) > limit {
+		return &LimitError{fmt.Sprintf(
+			"not enough host memory: %d MiB of %d MiB are in use and a new session needs %d MiB, which would pass the %.0f%% limit",
+			mem.UsedMiB()+int64(pending), mem.TotalMiB, need, m.cfg.MemoryLimitPercent)}
+	}
+	m.sessions[s.id] = s
+	return nil
+}
+
+func (m *Manager) forget(s *Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sessions[s.id] == s {
+		delete(m.sessions, s.id)
+	}
+}
+
+func (m *Manager) persistNew(ctx context.Context, user User, s *Session) error {
+	if err := m.store.EnsureUser(ctx, user.ID, user.Email); err != nil {
+		return err
+	}
+	if err := m.store.CreateSession(ctx, s.rec); err != nil {
+		return err
+	}
+	return s.emitStatus("", "session created")
+}
+
+// Get returns a running session of user's; nil, false when it is not running.
+// ErrNotFound when it does not exist or is someone else's.
+func (m *Manager) Get(ctx context.Context, user User, id string) (*Session, bool, error) {
+	m.mu.Lock()
+	s, ok := m.sessions[id]
+	m.mu.Unlock()
+	if ok {
+		if s.userID != user.ID {
+			return nil, false, ErrNotFound
+		}
+		return s, true, nil
+	}
+	rec, err := m.store.GetSession(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.UserID != user.ID) {
+		return nil, false, ErrNotFound
+	}
+	return nil, false, err
+}
+
+// View returns one of user's sessions.
+func (m *Manager) View(ctx context.Context, user User, id string) (View, error) {
+	s, running, err := m.Get(ctx, user, id)
+	if err != nil {
+		return View{}, err
+	}
+	if running {
+		return s.view(), nil
+	}
+	rec, err := m.store.GetSession(ctx, id)
+	if err != nil {
+		return View{}, err
+	}
+	last, err := m.store.LastSeq(ctx, id)
+	if err != nil {
+		return View{}, err
+	}
+	return viewOf(rec, last, time.Now()), nil
+}
+
+// List returns user's sessions, newest first, running ones with live state.
+func (m *Manager) List(ctx context.Context, user User) ([]View, error) {
+	recs, err := m.store.ListSessions(ctx, user.ID)
+	if err != nil {
+		return nil, err
+	}
+	views := make([]View, 0, len(recs))
+	for _, rec := range recs {
+		m.mu.Lock()
+		s, running := m.sessions[rec.ID]
+		m.mu.Unlock()
+		if running {
+			views = append(views, s.view())
+			continue
+		}
+		last, err := m.store.LastSeq(ctx, rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		views = append(views, viewOf(rec, last, time.Now()))
+	}
+	return views, nil
+}
+
+// Input sends a user message to a session.
+func (m *Manager) Input(ctx context.Context, user User, id, text string) error {
+	s, running, err := m.Get(ctx, user, id)
+	if err != nil {
+		return err
+	}
+	if !running {
+		return ErrEnded
+	}
+	return s.input(text)
+}
+
+// Cancel ends the running turn of a session, if any.
+func (m *Manager) Cancel(ctx context.Context, user User, id string) (bool, error) {
+	s, running, err := m.Get(ctx, user, id)
+	if err != nil || !running {
+		return false, err
+	}
+	return s.cancelTurn(), nil
+}
+
+// Delete ends a session: its turn is cancelled, its sandbox stopped and its
+// files removed. The record and transcript stay. Ending an ended session is
+// not an error.
+func (m *Manager) Delete(ctx context.Context, user User, id string) error {
+	s, running, err := m.Get(ctx, user, id)
+	if err != nil || !running {
+		return err
+	}
+	s.terminate(StateStopped, 0, "ended by the user")
+	return nil
+}
+
+// Events returns stored events of a session after seq.
+func (m *Manager) Events(ctx context.Context, id string, after int64, limit int) ([]store.Event, error) {
+	return m.store.Events(ctx, id, after, limit)
+}
+
+// Record returns a session's stored record without an ownership check; callers
+// must have called Get first.
+func (m *Manager) Record(ctx context.Context, id string) (store.Session, error) {
+	return m.store.GetSession(ctx, id)
+}
+
+func newSessionID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "s_" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,267 @@
+package session
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/store"
+)
+
+// CreateRequest is the body of POST /api/sessions (NewSession in the contract).
+type CreateRequest struct {
+	Provider       string   `json:"provider"`
+	APIKey         string   `json:"apiKey"`
+	Model          string   `json:"model"`
+	BaseURL        string   `json:"baseUrl,omitempty"`
+	Name           string   `json:"name,omitempty"`
+	SystemPrompt   string   `json:"systemPrompt,omitempty"`
+	Temperature    *float64 `json:"temperature,omitempty"`
+	MaxTokens      *int64   `json:"maxTokens,omitempty"`
+	IdleTimeoutMin *int     `json:"idleTimeoutMin,omitempty"`
+	Agent          string   `json:"agent,omitempty"`
+	Network        string   `json:"network,omitempty"`
+	VCPUs          *int     `json:"vcpus,omitempty"`
+	MemoryMiB      *int     `json:"memoryMiB,omitempty"`
+	// Thinking turns extended thinking on or off; by default it is on for
+	// Anthropic models the catalogue marks as reasoning models.
+	Thinking *bool `json:"thinking,omitempty"`
+}
+
+// Limits of a session's settings.
+const (
+	DefaultIdleTimeoutMin = 72 * 60
+	MinIdleTimeoutMin     = 5
+	MaxIdleTimeoutMin     = 7 * 24 * 60
+	DefaultVCPUs          = 2
+	MaxVCPUs              = 16
+	DefaultMemoryMiB      = 1024
+	MinMemoryMiB          = 256
+	MaxMemoryMiB          = 64 << 10
+	MaxNameLen            = 100
+	MaxSystemPromptLen    = 64 << 10
+	MaxMessageLen         = 256 << 10
+	MaxAPIKeyLen          = 4096
+	DefaultThinkingBudget = 4096
+)
+
+// settings are a session's choices that are kept with it. Nothing secret.
+type settings struct {
+	BaseURL        string   `json:"baseUrl,omitempty"`
+	SystemPrompt   string   `json:"systemPrompt,omitempty"`
+	Temperature    *float64 `json:"temperature,omitempty"`
+	MaxTokens      *int64   `json:"maxTokens,omitempty"`
+	Network        string   `json:"network"`
+	VCPUs          int      `json:"vcpus"`
+	MemoryMiB      int      `json:"memoryMiB"`
+	ThinkingBudget int64    `json:"thinkingBudget,omitempty"`
+}
+
+// ValidationError is a request the client must fix.
+type ValidationError struct{ msg string }
+
+func (e *ValidationError) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error {
+	return &ValidationError{msg: fmt.Sprintf(format, args...)}
+}
+
+// validate checks a request and fills in defaults. It returns the record to
+// store (without id, user or times) and the key.
+func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
+	var rec store.Session
+	var set settings
+	if !llm.ValidProvider(r.Provider) {
+		return rec, set, llm.Secret{}, invalid("provider must be one of %s", strings.Join(llm.Providers, ", "))
+	}
+	key := strings.TrimSpace(r.APIKey)
+	switch {
+	case key == "" && r.Provider != llm.OpenAICompatible:
+		return rec, set, llm.Secret{}, invalid("apiKey is required for %s", r.Provider)
+	case len(key) > MaxAPIKeyLen || strings.ContainsFunc(key, unicode.IsControl):
+		return rec, set, llm.Secret{}, invalid("apiKey is not a valid key")
+	}
+	model := strings.TrimSpace(r.Model)
+	if model == "" {
+		if r.Provider == llm.OpenAICompatible {
+			return rec, set, llm.Secret{}, invalid("model is required for openai-compatible")
+		}
+		for _, m := range llm.CatalogueModels(r.Provider) {
+			if m.Default {
+				model = m.ID
+			}
+		}
+		if model == "" {
+			return rec, set, llm.Secret{}, invalid("model is required")
+		}
+	}
+	if len(model) > 256 || strings.ContainsFunc(model, unicode.IsControl) {
+		return rec, set, llm.Secret{}, invalid("model is not a valid model id")
+	}
+	if r.BaseURL != "" {
+		if err := llm.ValidateBaseURL(r.BaseURL); err != nil {
+			return rec, set, llm.Secret{}, invalid("%v", err)
+		}
+	} else if r.Provider == llm.OpenAICompatible {
+		return rec, set, llm.Secret{}, invalid("baseUrl is required for openai-compatible (for example http://localhost:11434/v1)")
+	}
+	name := strings.TrimSpace(r.Name)
+	if name == "" {
+		name = randomName()
+	}
+	if utf8.RuneCountInString(name) > MaxNameLen || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
+		return rec, set, llm.Secret{}, invalid("name must be at most %d printable characters", MaxNameLen)
+	}
+	if len(r.SystemPrompt) > MaxSystemPromptLen || !utf8.ValidString(r.SystemPrompt) {
+		return rec, set, llm.Secret{}, invalid("systemPrompt must be valid UTF-8 of at most %d bytes", MaxSystemPromptLen)
+	}
+	if t := r.Temperature; t != nil && (*t < 0 || *t > 2) {
+		return rec, set, llm.Secret{}, invalid("temperature must be between 0 and 2")
+	}
+	if mt := r.MaxTokens; mt != nil && (*mt < 1 || *mt > 1_000_000) {
+		return rec, set, llm.Secret{}, invalid("maxTokens must be between 1 and 1000000")
+	}
+	idle := DefaultIdleTimeoutMin
+	if r.IdleTimeoutMin != nil {
+		idle = *r.IdleTimeoutMin
+		if idle < MinIdleTimeoutMin || idle > MaxIdleTimeoutMin {
+			return rec, set, llm.Secret{}, invalid("idleTimeoutMin must be between %d and %d", MinIdleTimeoutMin, MaxIdleTimeoutMin)
+		}
+	}
+	agentName := r.Agent
+	if agentName == "" {
+		agentName = "builtin"
+	}
+	if agentName != "builtin" {
+		return rec, set, llm.Secret{}, invalid("agent %q is not available; this server provides: builtin", agentName)
+	}
+	network := r.Network
+	if network == "" {
+		network = "full"
+	}
+	if network != "full" && network != "none" {
+		return rec, set, llm.Secret{}, invalid(`network must be "full" or "none"`)
+	}
+	vcpus := DefaultVCPUs
+	if r.VCPUs != nil {
+		vcpus = *r.VCPUs
+		if vcpus < 1 || vcpus > MaxVCPUs {
+			return rec, set, llm.Secret{}, invalid("vcpus must be between 1 and %d", MaxVCPUs)
+		}
+	}
+	mem := DefaultMemoryMiB
+	if r.MemoryMiB != nil {
+		mem = *r.MemoryMiB
+		if mem < MinMemoryMiB || mem > MaxMemoryMiB {
+			return rec, set, llm.Secret{}, invalid("memoryMiB must be between %d and %d", MinMemoryMiB, MaxMemoryMiB)
+		}
+	}
+	var budget int64
+	thinking := r.Provider == llm.Anthropic
+	if m, ok := llm.LookupModel(r.Provider, model); ok {
+		thinking = thinking && m.CanReason
+	} else {
+		thinking = false
+	}
+	if r.Thinking != nil {
+		thinking = *r.Thinking
+	}
+	if thinking && r.Provider == llm.Anthropic {
+		budget = DefaultThinkingBudget
+	}
+
+	set = settings{
+		BaseURL: r.BaseURL, SystemPrompt: r.SystemPrompt, Temperature: r.Temperature, MaxTokens: r.MaxTokens,
+		Network: network, VCPUs: vcpus, MemoryMiB: mem, ThinkingBudget: budget,
+	}
+	raw, err := json.Marshal(set)
+	if err != nil {
+		return rec, set, llm.Secret{}, err
+	}
+	rec = store.Session{
+		Name: name, Provider: r.Provider, Model: model, Agent: agentName,
+		Config: raw, IdleTimeoutMin: idle,
+	}
+	return rec, set, llm.NewSecret(key), nil
+}
+
+func parseSettings(raw json.RawMessage) settings {
+	var s settings
+	_ = json.Unmarshal(raw, &s)
+	return s
+}
+
+// LimitError is a request refused because the host is full.
+type LimitError struct{ msg string }
+
+func (e *LimitError) Error() string { return e.msg }
+
+// Errors a session operation can end with.
+var (
+	ErrNotFound = errors.New("session not found")
+	ErrBusy     = errors.New("a turn is already running; wait for it or cancel it")
+	ErrEnded    = errors.New("the session has ended")
+	ErrClosing  = errors.New("the server is shutting down")
+)
+
+var (
+	nameAdjectives = []string{"amber", "brisk", "calm", "deft", "eager", "fleet", "gentle", "hardy", "keen", "lucid", "mellow", "nimble", "plucky", "quiet", "rapid", "sunny", "tidy", "vivid", "witty", "zesty"}
+	nameNouns      = []string{"otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "panda", "quokka", "raven", "stoat", "tapir", "walrus", "yak", "finch", "gecko", "ibis", "koala", "lemur", "newt"}
+)
+
+// randomName gives a session a friendly default name.
+func randomName() string {
+	pick := func(list []string) string {
+		n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(list))))
+		return list[n.Int64()]
+	}
+	return pick(nameAdjectives) + "-" + pick(nameNouns)
+}
+
+// View is a session as the API shows it (Session in the contract).
+type View struct {
+	ID             string      `json:"id"`
+	Name           string      `json:"name"`
+	State          string      `json:"state"`
+	Provider       string      `json:"provider"`
+	Model          string      `json:"model"`
+	Agent          string      `json:"agent"`
+	Sandbox        string      `json:"sandbox"`
+	Isolated       bool        `json:"isolated"`
+	CreatedAt      time.Time   `json:"createdAt"`
+	LastActivity   time.Time   `json:"lastActivity"`
+	Uptime         float64     `json:"uptime"`
+	IdleTimeoutMin int         `json:"idleTimeoutMin"`
+	Usage          store.Usage `json:"usage"`
+	Error          string      `json:"error,omitempty"`
+	// Beyond the contract: what the UI needs to show and resume a session.
+	Network     string     `json:"network"`
+	BaseURL     string     `json:"baseUrl,omitempty"`
+	EndedAt     *time.Time `json:"endedAt,omitempty"`
+	LastEventID int64      `json:"lastEventId"`
+}
+
+func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
+	set := parseSettings(rec.Config)
+	v := View{
+		ID: rec.ID, Name: rec.Name, State: rec.State, Provider: rec.Provider, Model: rec.Model,
+		Agent: rec.Agent, Sandbox: rec.Sandbox, Isolated: rec.Isolated,
+		CreatedAt: rec.CreatedAt, LastActivity: rec.LastActivity, IdleTimeoutMin: rec.IdleTimeoutMin,
+		Usage: rec.Usage, Error: rec.Error, Network: set.Network, BaseURL: set.BaseURL, LastEventID: lastEventID,
+	}
+	end := now
+	if !rec.EndedAt.IsZero() {
+		t := rec.EndedAt
+		v.EndedAt = &t
+		end = t
+	}
+	v.Uptime = end.Sub(rec.CreatedAt).Round(time.Second).Seconds()
+	return v
+}

@@ -1,0 +1,373 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/store"
+)
+
+// Session is one running session. Its goroutines (boot, turn) are counted in
+// wg; terminate cancels ctx, waits for them, and only then frees the sandbox,
+// so nothing can start using a sandbox that is being torn down.
+type Session struct {
+	m              *Manager
+	id             string
+	userID         string
+	idleTimeoutMin int
+	settings       settings
+	bus            *Bus
+	runner         *agent.Runner
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+	ready  chan struct{} // closed when booting has finished, well or not
+	done   chan struct{} // closed when terminate has finished
+
+	mu          sync.Mutex
+	rec         store.Session // State, LastActivity, Usage, Error are kept current
+	sb          sandbox.Sandbox
+	env         agent.Environment
+	bootErr     error
+	turnCancel  context.CancelCauseFunc // non-nil while a turn runs
+	terminating bool
+	messages    int // stored conversation messages, the next one's index
+}
+
+func newSession(m *Manager, rec store.Session, set settings, runner *agent.Runner) *Session {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &Session{
+		m: m, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
+		bus: NewBus(m.store, rec.ID, 0), runner: runner,
+		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
+		rec: rec,
+	}
+}
+
+func (s *Session) view() View {
+	s.mu.Lock()
+	rec := s.rec
+	s.mu.Unlock()
+	return viewOf(rec, s.bus.LastSeq(), time.Now())
+}
+
+func (s *Session) stateIs(states ...string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range states {
+		if s.rec.State == st {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Session) idleSince(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rec.State != StateActive || s.terminating {
+		return 0
+	}
+	return now.Sub(s.rec.LastActivity)
+}
+
+// setState records a state change and announces it.
+func (s *Session) setState(state, phase, msg string) error {
+	s.mu.Lock()
+	if s.terminating && state != StateStopping {
+		// Once the end has begun only terminate moves the state.
+		s.mu.Unlock()
+		return nil
+	}
+	s.rec.State = state
+	s.mu.Unlock()
+	if err := s.m.store.SetState(context.Background(), s.id, state, ""); err != nil {
+		return err
+	}
+	return s.emitStatus(phase, msg)
+}
+
+func (s *Session) emitStatus(phase, msg string) error {
+	v := s.view()
+	return s.bus.Emit(context.Background(), event.Status, event.StatusData{State: v.State, Uptime: v.Uptime, Phase: phase, Message: msg})
+}
+
+// boot starts the sandbox in the background.
+func (s *Session) boot() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(s.ready)
+		if err := s.setState(StateBooting, "start", "starting the sandbox"); err != nil {
+			s.m.log.Error("record boot", "session", s.id, "err", err)
+		}
+		dir := s.m.sandboxDir(s.id)
+		sb, err := s.startSandbox(dir)
+		s.mu.Lock()
+		if err != nil {
+			s.bootErr = err
+			stopping := s.terminating
+			s.mu.Unlock()
+			if !stopping {
+				s.m.log.Error("sandbox failed to start", "session", s.id, "err", err)
+				go s.terminate(StateError, 1, "the sandbox failed to start: "+err.Error())
+			}
+			return
+		}
+		if s.terminating {
+			// Ended while booting: terminate is waiting for us and will find
+			// no sandbox, so this one is ours to stop.
+			s.bootErr = ErrEnded
+			s.mu.Unlock()
+			s.stopSandbox(sb)
+			return
+		}
+		s.sb = sb
+		s.mu.Unlock()
+		if err := s.setState(StateActive, "ready", "the sandbox is ready"); err != nil {
+			s.m.log.Error("record boot", "session", s.id, "err", err)
+		}
+		go s.watch(sb)
+	}()
+}
+
+func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	sb, err := s.m.driver.Start(s.ctx, sandbox.Spec{
+		SessionID: s.id, Dir: dir, VCPUs: s.settings.VCPUs, MemoryMiB: s.settings.MemoryMiB,
+		Network: s.settings.Network,
+		Progress: func(phase string) {
+			_ = s.emitStatus(phase, "")
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	env := agent.Environment{
+		Workspace: sb.Workspace(), Sandbox: s.m.driver.Name(), Isolated: s.m.driver.Isolated(), Network: s.settings.Network,
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	if h, err := sb.Guest().Health(ctx); err == nil {
+		env.Kernel, env.Hostname = h.Kernel, h.Hostname
+	}
+	s.mu.Lock()
+	s.env = env
+	s.mu.Unlock()
+	return sb, nil
+}
+
+func (s *Session) stopSandbox(sb sandbox.Sandbox) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.m.cfg.StopTimeout)
+	defer cancel()
+	if err := sb.Stop(ctx); err != nil {
+		s.m.log.Error("stop sandbox", "session", s.id, "err", err)
+	}
+}
+
+// watch turns a sandbox that exits on its own into a failed session.
+func (s *Session) watch(sb sandbox.Sandbox) {
+	select {
+	case <-sb.Done():
+		if err := sb.ExitError(); err != nil {
+			go s.terminate(StateError, 1, "the sandbox exited unexpectedly: "+err.Error())
+		}
+	case <-s.ctx.Done():
+	}
+}
+
+// input starts a turn with the user's message.
+func (s *Session) input(text string) error {
+	if strings.TrimSpace(text) == "" {
+		return invalid("message is empty")
+	}
+	if len(text) > MaxMessageLen || !utf8.ValidString(text) {
+		return invalid("message must be valid UTF-8 of at most %d bytes", MaxMessageLen)
+	}
+	s.mu.Lock()
+	switch {
+	case s.terminating || s.rec.State == StateStopped || s.rec.State == StateError:
+		s.mu.Unlock()
+		return ErrEnded
+	case s.turnCancel != nil:
+		s.mu.Unlock()
+		return ErrBusy
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	s.turnCancel = cancel
+	s.rec.LastActivity = time.Now().UTC()
+	// Added under the lock while not terminating: terminate's Wait cannot
+	// have started yet, so it will wait for this turn.
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	msgID := fmt.Sprintf("u_%d", time.Now().UnixNano())
+	if err := s.bus.Emit(ctx, event.UserMessage, event.UserMessageData{MessageID: msgID, Content: text}); err != nil {
+		s.endTurn(cancel)
+		s.wg.Done()
+		return err
+	}
+	go s.runTurn(ctx, cancel, text)
+	return nil
+}
+
+func (s *Session) runTurn(ctx context.Context, cancel context.CancelCauseFunc, text string) {
+	defer s.wg.Done()
+	defer func() {
+		s.endTurn(cancel)
+		_ = s.bus.Emit(context.Background(), event.AgentIdle, event.Empty{})
+		if s.stateIs(StateActive) {
+			_ = s.emitStatus("", "")
+		}
+	}()
+	if err := s.bus.Emit(ctx, event.AgentBusy, event.Empty{}); err != nil {
+		s.m.log.Error("record turn start", "session", s.id, "err", err)
+		return
+	}
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	sb, env, bootErr := s.sb, s.env, s.bootErr
+	if sb != nil && s.rec.State == StateActive && ctx.Err() == nil {
+		s.rec.State = StateBusy
+	}
+	s.mu.Unlock()
+	if sb == nil || ctx.Err() != nil {
+		reason := "the session ended before its sandbox was ready"
+		if bootErr != nil && !errors.Is(bootErr, ErrEnded) {
+			reason = "the sandbox failed to start: " + bootErr.Error()
+		} else if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+			reason = c.Error()
+		}
+		_ = s.bus.Emit(context.Background(), event.Error, event.ErrorData{Message: reason})
+		return
+	}
+	_ = s.emitStatus("", "")
+	if err := s.runner.Turn(ctx, sb, env, text, sessionSink{s}); err != nil {
+		s.m.log.Error("turn failed", "session", s.id, "err", err)
+		_ = s.bus.Emit(context.Background(), event.Error, event.ErrorData{Message: "the turn could not be recorded: " + err.Error()})
+	}
+}
+
+// endTurn marks the session free for the next message.
+func (s *Session) endTurn(cancel context.CancelCauseFunc) {
+	cancel(nil)
+	s.mu.Lock()
+	s.turnCancel = nil
+	if s.rec.State == StateBusy {
+		s.rec.State = StateActive
+	}
+	s.rec.LastActivity = time.Now().UTC()
+	last := s.rec.LastActivity
+	s.mu.Unlock()
+	if err := s.m.store.Touch(context.Background(), s.id, last); err != nil {
+		s.m.log.Error("record activity", "session", s.id, "err", err)
+	}
+}
+
+// cancelTurn stops the running turn; false when none runs.
+func (s *Session) cancelTurn() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.turnCancel == nil {
+		return false
+	}
+	s.turnCancel(agent.ErrCancelled)
+	return true
+}
+
+// terminate ends the session in a final state (stopped or error). Concurrent
+// calls wait for the first to finish.
+func (s *Session) terminate(final string, code int, reason string) {
+	s.mu.Lock()
+	if s.terminating {
+		s.mu.Unlock()
+		<-s.done
+		return
+	}
+	s.terminating = true
+	s.mu.Unlock()
+	defer close(s.done)
+
+	if err := s.setState(StateStopping, "", reason); err != nil {
+		s.m.log.Error("record stopping", "session", s.id, "err", err)
+	}
+	s.cancel(errors.New("the session is ending: " + reason))
+	s.wg.Wait() // boot and turn goroutines are gone after this
+
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb != nil {
+		s.stopSandbox(sb)
+	}
+	if err := os.RemoveAll(s.m.sandboxDir(s.id)); err != nil {
+		s.m.log.Error("remove sandbox directory", "session", s.id, "err", err)
+	}
+
+	s.mu.Lock()
+	s.rec.State = final
+	s.rec.EndedAt = time.Now().UTC()
+	if final == StateError {
+		s.rec.Error = reason
+	}
+	s.mu.Unlock()
+	errMsg := ""
+	if final == StateError {
+		errMsg = reason
+	}
+	if err := s.m.store.SetState(context.Background(), s.id, final, errMsg); err != nil {
+		s.m.log.Error("record end", "session", s.id, "err", err)
+	}
+	_ = s.emitStatus("", reason)
+	_ = s.bus.Emit(context.Background(), event.Exit, event.ExitData{Code: code, Reason: reason})
+	s.bus.CloseAll()
+	s.m.forget(s)
+	s.m.log.Info("session ended", "session", s.id, "state", final, "reason", reason)
+}
+
+// sessionSink is what the agent writes its turn into.
+type sessionSink struct{ s *Session }
+
+func (k sessionSink) Emit(ctx context.Context, typ string, data any) error {
+	return k.s.bus.Emit(ctx, typ, data)
+}
+
+func (k sessionSink) AddUsage(ctx context.Context, u event.UsageTotals) (event.UsageTotals, error) {
+	s := k.s
+	s.mu.Lock()
+	s.rec.Usage = s.rec.Usage.Add(store.Usage{InputTokens: u.InputTokens, OutputTokens: u.OutputTokens, CostUSD: u.CostUSD})
+	total := s.rec.Usage
+	s.mu.Unlock()
+	if err := s.m.store.SetUsage(context.WithoutCancel(ctx), s.id, total); err != nil {
+		return event.UsageTotals{}, err
+	}
+	return event.UsageTotals{InputTokens: total.InputTokens, OutputTokens: total.OutputTokens, CostUSD: total.CostUSD}, nil
+}
+
+func (k sessionSink) SaveMessages(ctx context.Context, msgs []json.RawMessage) error {
+	s := k.s
+	s.mu.Lock()
+	first := s.messages
+	s.messages += len(msgs)
+	s.mu.Unlock()
+	return s.m.store.AppendMessages(context.WithoutCancel(ctx), s.id, first, msgs)
+}
+
+// Subscribe registers a live reader of the session's events.
+func (s *Session) Subscribe() *Subscription { return s.bus.Subscribe() }

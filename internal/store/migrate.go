@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// migrations are applied in order, each once, each in its own transaction.
+// Never edit one that has shipped: append a new one.
+var migrations = []string{
+	// 1: users, sessions, events, conversation history.
+	`
+CREATE TABLE users (
+	id         TEXT PRIMARY KEY,
+	email      TEXT NOT NULL DEFAULT '',
+	created_at TEXT NOT NULL
+);
+CREATE TABLE sessions (
+	id               TEXT PRIMARY KEY,
+	user_id          TEXT NOT NULL REFERENCES users(id),
+	name             TEXT NOT NULL,
+	state            TEXT NOT NULL,
+	provider         TEXT NOT NULL,
+	model            TEXT NOT NULL,
+	agent            TEXT NOT NULL,
+	sandbox          TEXT NOT NULL,
+	isolated         INTEGER NOT NULL,
+	config           TEXT NOT NULL,
+	created_at       TEXT NOT NULL,
+	last_activity    TEXT NOT NULL,
+	ended_at         TEXT,
+	idle_timeout_min INTEGER NOT NULL,
+	input_tokens     INTEGER NOT NULL DEFAULT 0,
+	output_tokens    INTEGER NOT NULL DEFAULT 0,
+	cost_usd         REAL NOT NULL DEFAULT 0,
+	error            TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sessions_user ON sessions(user_id, created_at);
+CREATE INDEX sessions_state ON sessions(state);
+CREATE TABLE events (
+	session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+	seq        INTEGER NOT NULL,
+	type       TEXT NOT NULL,
+	data       TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE messages (
+	session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+	idx        INTEGER NOT NULL,
+	message    TEXT NOT NULL,
+	PRIMARY KEY (session_id, idx)
+) WITHOUT ROWID;
+`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx,
+		`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	var current int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this binary knows (%d): refusing to run an older execlaw on it", current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("apply migration %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, now()); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("record migration %d: %w", v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("commit migration %d: %w", v, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+// Package transcript renders a session's event log as a document people read:
+// Markdown for downloads and mail. Streaming details (deltas, busy/idle) are
+// left out; messages, thinking, tool calls with their results, errors and
+// usage are kept in order.
+package transcript
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/store"
+)
+
+// Header is what the transcript says about the session.
+type Header struct {
+	ID        string
+	Name      string
+	Provider  string
+	Model     string
+	Sandbox   string
+	CreatedAt time.Time
+	Usage     store.Usage
+}
+
+// Markdown renders the events as a Markdown document.
+func Markdown(h Header, events []store.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s\n\n", oneLine(h.Name))
+	fmt.Fprintf(&b, "- Session: `%s`\n- Model: %s / %s\n- Sandbox: %s\n- Started: %s\n",
+		h.ID, oneLine(h.Provider), oneLine(h.Model), oneLine(h.Sandbox), h.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "- Usage: %d input tokens, %d output tokens, $%.4f\n", h.Usage.InputTokens, h.Usage.OutputTokens, h.Usage.CostUSD)
+
+	for _, e := range events {
+		switch e.Type {
+		case event.UserMessage:
+			var d event.UserMessageData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n## User\n\n%s\n", strings.TrimSpace(d.Content))
+			}
+		case event.Message:
+			var d event.MessageData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n## Assistant\n\n%s\n", strings.TrimSpace(d.Content))
+			}
+		case event.Thinking:
+			var d event.MessageData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n<details><summary>Thinking</summary>\n\n%s\n\n</details>\n", quote(d.Content))
+			}
+		case event.ToolCall:
+			var d event.ToolCallData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n### Tool call: %s\n\n%s", oneLine(d.Name), fence("json", prettyJSON(d.Input)))
+			}
+		case event.ToolResult:
+			var d event.ToolResultData
+			if decode(e, &d) {
+				status := "ok"
+				if d.IsError {
+					status = "error"
+				}
+				if d.ExitCode != nil {
+					status += fmt.Sprintf(", exit code %d", *d.ExitCode)
+				}
+				fmt.Fprintf(&b, "\n**Result** (%s, %d ms):\n\n%s", status, d.DurationMs, fence("", d.Output))
+			}
+		case event.Error:
+			var d event.ErrorData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n> **Error:** %s\n", oneLine(d.Message))
+			}
+		case event.Exit:
+			var d event.ExitData
+			if decode(e, &d) {
+				fmt.Fprintf(&b, "\n---\n\n*Session ended: %s*\n", oneLine(d.Reason))
+			}
+		}
+	}
+	return b.String()
+}
+
+func decode(e store.Event, v any) bool { return json.Unmarshal(e.Data, v) == nil }
+
+// fence wraps text in a code fence longer than any backtick run inside it, so
+// output cannot close the fence and turn into Markdown.
+func fence(lang, text string) string {
+	longest, run := 0, 0
+	for _, r := range text {
+		if r == '`' {
+			run++
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	ticks := strings.Repeat("`", max(3, longest+1))
+	return ticks + lang + "\n" + strings.TrimRight(text, "\n") + "\n" + ticks + "\n"
+}
+
+func quote(text string) string {
+	return "> " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "\n> ")
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func prettyJSON(raw json.RawMessage) string {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return string(raw)
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return string(raw)
+	}
+	return string(b)
+}
