@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"charm.land/fantasy"
 	"charm.land/fantasy/providers/anthropic"
@@ -30,9 +31,11 @@ type Config struct {
 	MaxSteps int
 	// ThinkingBudget enables Anthropic extended thinking with this many tokens; 0 is off.
 	ThinkingBudget int64
-	// MaxRetries is how often a failed model call is retried (429, 5xx,
-	// network); fantasy backs off exponentially from 5 s.
+	// MaxRetries is how often a model call that fails before streaming
+	// anything is retried (429, 5xx, network); RetryBase is the first backoff
+	// when the provider gives no Retry-After (default 1s).
 	MaxRetries int
+	RetryBase  time.Duration
 }
 
 // DefaultMaxSteps bounds a turn that never stops calling tools.
@@ -92,7 +95,8 @@ func (r *Runner) Turn(ctx context.Context, ws Workspace, env Environment, text s
 		return err
 	}
 	t := &turn{runner: r, sink: sink, open: map[string]*block{}}
-	agent := fantasy.NewAgent(r.model, r.agentOptions(ws, env)...)
+	model := llm.WithRetry(r.model, llm.RetryPolicy{Max: r.cfg.MaxRetries, Base: r.cfg.RetryBase, OnRetry: t.retry})
+	agent := fantasy.NewAgent(model, r.agentOptions(ws, env)...)
 	result, err := agent.Stream(ctx, t.streamCall())
 	if t.emitErr != nil {
 		return t.emitErr
@@ -124,7 +128,7 @@ func (r *Runner) agentOptions(ws Workspace, env Environment) []fantasy.AgentOpti
 		fantasy.WithSystemPrompt(SystemPrompt(env, r.cfg.SystemPrompt)),
 		fantasy.WithTools(newTools(ws)...),
 		fantasy.WithStopConditions(fantasy.StepCountIs(r.cfg.MaxSteps)),
-		fantasy.WithMaxRetries(r.cfg.MaxRetries),
+		fantasy.WithMaxRetries(0), // retried by llm.WithRetry instead
 	}
 	if r.cfg.Temperature != nil {
 		opts = append(opts, fantasy.WithTemperature(*r.cfg.Temperature))

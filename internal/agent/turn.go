@@ -67,7 +67,6 @@ func (t *turn) streamCall() fantasy.AgentStreamCall {
 		OnToolCall:       t.toolCall,
 		OnToolResult:     t.toolResult,
 		OnStepFinish:     t.stepFinish,
-		OnRetry:          t.retry,
 	}
 }
 
@@ -213,17 +212,9 @@ func (t *turn) stepFinish(step fantasy.StepResult) error {
 	})
 }
 
-// retry tells the user a model call failed and will be tried again; the
-// retried step streams its text afresh, so half-streamed blocks are closed.
-func (t *turn) retry(err *fantasy.ProviderError, delay time.Duration) {
-	_ = t.flushOpen()
-	t.mu.Lock()
-	t.stepText.Reset()
-	t.mu.Unlock()
-	msg := "model call failed"
-	if err != nil {
-		msg = describeError(context.Background(), err)
-	}
-	msg = t.runner.cfg.LLM.APIKey.Scrub(fmt.Sprintf("%s; retrying in %s", msg, delay.Round(time.Millisecond)))
+// retry tells the user a model call failed and will be tried again.
+func (t *turn) retry(err error, wait time.Duration) {
+	msg := describeError(context.Background(), err)
+	msg = t.runner.cfg.LLM.APIKey.Scrub(fmt.Sprintf("%s; retrying in %s", msg, wait.Round(time.Millisecond)))
 	_ = t.emit(event.Error, event.ErrorData{Message: msg})
 }

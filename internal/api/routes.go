@@ -38,8 +38,8 @@ func (s *Server) routes() http.Handler {
 	r.handle("GET", "/static/", user(s.handle(s.handleStatic)))
 
 	r.fallbacks()
-	mux.Handle("/api/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotFound, "no such API endpoint: %s", r.URL.Path)
+	mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "not found: %s", r.URL.Path)
 	}))
 
 	protect := http.NewCrossOriginProtection()

@@ -1,0 +1,94 @@
+// Package testutil holds helpers shared by tests across packages.
+package testutil
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var guestBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// GuestBinary builds ./cmd/execlaw-guest once per test process (static,
+// CGO_ENABLED=0) and returns its path. It fails tb with the build output if
+// the build fails.
+//
+// The binary goes to a fixed directory per module checkout under the system
+// temp dir and is swapped in with a rename, so parallel test processes never
+// see a half-written file and repeated runs do not pile up copies.
+func GuestBinary(tb testing.TB) string {
+	tb.Helper()
+	guestBin.once.Do(func() { guestBin.path, guestBin.err = buildGuest() })
+	if guestBin.err != nil {
+		tb.Fatalf("building execlaw-guest: %v", guestBin.err)
+	}
+	return guestBin.path
+}
+
+func buildGuest() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("execlaw-testbin-%d", os.Getuid()), hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, "execlaw-guest.tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name()) // only still there if the build failed
+
+	// `go test` puts its own toolchain first on PATH, so this is the same go.
+	cmd := exec.Command("go", "build", "-o", tmp.Name(), "./cmd/execlaw-guest")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/execlaw-guest: %v\n%s", err, out)
+	}
+	final := filepath.Join(dir, "execlaw-guest")
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return "", err
+	}
+	return final, nil
+}
+
+// moduleRoot finds the directory holding go.mod: from this source file's
+// location when built without -trimpath, else from `go env GOMOD`.
+func moduleRoot() (string, error) {
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		if fileExists(filepath.Join(root, "go.mod")) && fileExists(filepath.Join(root, "cmd", "execlaw-guest")) {
+			return filepath.Clean(root), nil
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("locating module root: go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("locating module root: not inside a Go module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
