@@ -30,7 +30,7 @@ const wait = 30 * time.Second
 // with the process sandbox driver running the real execlaw-guest, the HTTP
 // API on a loopback listener, and a fake LLM provider.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	opts    harnessOptions
 
@@ -49,7 +49,7 @@ type harnessOptions struct {
 	heartbeat   time.Duration
 }
 
-func newHarness(t *testing.T, opts harnessOptions) *harness {
+func newHarness(t testing.TB, opts harnessOptions) *harness {
 	t.Helper()
 	if opts.auth.Mode == "" {
 		opts.auth = api.Auth{Mode: api.AuthToken, Token: "test-token"}
@@ -148,7 +148,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) json(t *testing.T, v any) {
+func (r response) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.body, err)

@@ -371,3 +371,9 @@ func (k sessionSink) SaveMessages(ctx context.Context, msgs []json.RawMessage) e
 
 // Subscribe registers a live reader of the session's events.
 func (s *Session) Subscribe() *Subscription { return s.bus.Subscribe() }
+
+// Emit appends an event to the session's log, for notices from outside the
+// agent (and benchmarks of the event path).
+func (s *Session) Emit(ctx context.Context, typ string, data any) error {
+	return s.bus.Emit(ctx, typ, data)
+}
