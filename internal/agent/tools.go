@@ -96,9 +96,10 @@ type toolbox struct {
 
 // result is what a tool body produces; timed turns it into a ToolResponse.
 type result struct {
-	output   string
-	isError  bool
-	exitCode *int
+	output    string
+	isError   bool
+	exitCode  *int
+	truncated bool // output was already cut (with its own note) by the tool
 }
 
 // timed measures a tool body and packs its result. A tool never returns a Go
@@ -109,6 +110,7 @@ func timed[In any](fn func(ctx context.Context, in In) result) func(context.Cont
 		start := time.Now()
 		r := fn(ctx, in)
 		out, truncated := truncateMiddle(r.output, MaxToolOutput)
+		truncated = truncated || r.truncated
 		resp := fantasy.NewTextResponse(out)
 		if r.isError {
 			resp = fantasy.NewTextErrorResponse(out)
@@ -144,9 +146,12 @@ func (t *toolbox) bash(ctx context.Context, in bashInput) result {
 	case timeout > MaxBashTimeout:
 		timeout = MaxBashTimeout
 	}
-	// Output is kept whole up to twice the limit and then only its tail, so a
-	// command that prints gigabytes costs bounded memory on the host.
-	out := newCapture(2 * MaxToolOutput)
+	// Output is kept whole up to the limit and then only its start and a
+	// rolling tail, so a command that prints gigabytes costs bounded memory on
+	// the host. The capture is a little under MaxToolOutput so that its note
+	// (which counts every byte left out) and the notes below fit: cut again
+	// by truncateMiddle, the note would be lost and the count understated.
+	out := newCapture(MaxToolOutput - 1<<10)
 	res, err := t.ws.Guest().Exec(ctx, guest.ExecRequest{
 		Argv:       []string{"bash", "-lc", in.Command},
 		TimeoutSec: timeout,
@@ -169,7 +174,7 @@ func (t *toolbox) bash(ctx context.Context, in bashInput) result {
 	if text == "" {
 		text = "(no output)"
 	}
-	return result{output: text, isError: code != 0 || res.TimedOut, exitCode: &code}
+	return result{output: text, isError: code != 0 || res.TimedOut, exitCode: &code, truncated: out.Dropped() > 0}
 }
 
 func (t *toolbox) read(ctx context.Context, in readInput) result {
@@ -201,9 +206,13 @@ func (t *toolbox) read(ctx context.Context, in readInput) result {
 	end := min(offset-1+limit, len(lines))
 	var b strings.Builder
 	for i := offset - 1; i < end; i++ {
-		line := strings.TrimRight(lines[i], "\n")
+		line := strings.ToValidUTF8(strings.TrimRight(lines[i], "\n"), "\uFFFD")
 		if len(line) > maxLineChars {
-			line = line[:maxLineChars] + " [line cut]"
+			cut := maxLineChars
+			for cut > 0 && !utf8.RuneStart(line[cut]) { // never split a character
+				cut--
+			}
+			line = line[:cut] + " [line cut]"
 		}
 		fmt.Fprintf(&b, "%6d\t%s\n", i+1, line)
 	}
@@ -296,7 +305,7 @@ func (t *toolbox) list(ctx context.Context, in listInput) result {
 }
 
 // capture keeps up to limit bytes of output: all of it while it fits, then the
-// first half and a rolling tail.
+// first quarter and a rolling tail (the proportions of truncateMiddle).
 type capture struct {
 	mu      sync.Mutex
 	limit   int
@@ -310,16 +319,23 @@ func newCapture(limit int) *capture { return &capture{limit: limit} }
 func (c *capture) Write(p []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if room := c.limit/2 - len(c.head); room > 0 {
+	if room := c.limit/4 - len(c.head); room > 0 {
 		n := min(room, len(p))
 		c.head = append(c.head, p[:n]...)
 		p = p[n:]
 	}
 	c.tail = append(c.tail, p...)
-	if over := len(c.tail) - c.limit/2; over > 0 {
+	if over := len(c.tail) - (c.limit - c.limit/4); over > 0 {
 		c.dropped += over
 		c.tail = append(c.tail[:0], c.tail[over:]...)
 	}
+}
+
+// Dropped is how many bytes were left out.
+func (c *capture) Dropped() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dropped
 }
 
 func (c *capture) String() string {

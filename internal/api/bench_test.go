@@ -133,4 +133,3 @@ func benchClient(b *testing.B, h *harness, id string, from, last int64, ready ch
 	}
 	return out
 }
-

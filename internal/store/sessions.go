@@ -189,7 +189,12 @@ func (s *Store) Rename(ctx context.Context, id, name string) error {
 
 func now() string { return formatTime(time.Now()) }
 
-func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// timeFormat is RFC 3339 with a fixed nine-digit fraction, so that stored
+// times sort as strings in time order (ORDER BY created_at). RFC3339Nano drops
+// trailing zeros, which sorts "…:05Z" after "…:05.1Z" and ".1Z" after ".12Z".
+const timeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
 
 func parseTime(s string) time.Time {
 	if s == "" {

@@ -28,6 +28,14 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create database directory: %w", err)
 	}
+	// Create the file private before SQLite opens it (SQLite would create it
+	// 0644 and the Chmod below would come after a window in which another
+	// user could open it); the WAL and shared-memory files copy its mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create database: %w", err)
+	}
+	f.Close()
 	// synchronous=NORMAL in WAL mode: a killed process never loses a committed
 	// transaction; only a power cut can lose the last few. FULL would fsync on
 	// every streamed token.
