@@ -15,29 +15,43 @@ import (
 	"testing"
 )
 
-var guestBin struct {
-	once sync.Once
-	path string
-	err  error
+var builds struct {
+	mu    sync.Mutex
+	paths map[string]string
 }
 
-// GuestBinary builds ./cmd/execlaw-guest once per test process (static,
-// CGO_ENABLED=0) and returns its path. It fails tb with the build output if
-// the build fails.
+// GuestBinary builds ./cmd/execlaw-guest (static, CGO_ENABLED=0) once per
+// test process and returns its path.
+func GuestBinary(tb testing.TB) string {
+	tb.Helper()
+	return Binary(tb, "execlaw-guest")
+}
+
+// Binary builds ./cmd/<name> once per test process and returns its path. It
+// fails tb with the build output if the build fails.
 //
 // The binary goes to a fixed directory per module checkout under the system
 // temp dir and is swapped in with a rename, so parallel test processes never
 // see a half-written file and repeated runs do not pile up copies.
-func GuestBinary(tb testing.TB) string {
+func Binary(tb testing.TB, name string) string {
 	tb.Helper()
-	guestBin.once.Do(func() { guestBin.path, guestBin.err = buildGuest() })
-	if guestBin.err != nil {
-		tb.Fatalf("building execlaw-guest: %v", guestBin.err)
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if p, ok := builds.paths[name]; ok {
+		return p
 	}
-	return guestBin.path
+	p, err := build(name)
+	if err != nil {
+		tb.Fatalf("building %s: %v", name, err)
+	}
+	if builds.paths == nil {
+		builds.paths = map[string]string{}
+	}
+	builds.paths[name] = p
+	return p
 }
 
-func buildGuest() (string, error) {
+func build(name string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -47,7 +61,7 @@ func buildGuest() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(dir, "execlaw-guest.tmp-*")
+	tmp, err := os.CreateTemp(dir, name+".tmp-*")
 	if err != nil {
 		return "", err
 	}
@@ -55,13 +69,13 @@ func buildGuest() (string, error) {
 	defer os.Remove(tmp.Name()) // only still there if the build failed
 
 	// `go test` puts its own toolchain first on PATH, so this is the same go.
-	cmd := exec.Command("go", "build", "-o", tmp.Name(), "./cmd/execlaw-guest")
+	cmd := exec.Command("go", "build", "-o", tmp.Name(), "./cmd/"+name)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/execlaw-guest: %v\n%s", err, out)
+		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
 	}
-	final := filepath.Join(dir, "execlaw-guest")
+	final := filepath.Join(dir, name)
 	if err := os.Rename(tmp.Name(), final); err != nil {
 		return "", err
 	}

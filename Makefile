@@ -1,0 +1,29 @@
+# ExeClaw. `make test` is the whole suite, exactly what CI runs.
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/execlaw/execlaw/internal/version.Version=$(VERSION)
+
+.PHONY: build test vet fmt-check bench run clean
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw-guest ./cmd/execlaw-guest
+
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Figures, not pass/fail: event fan-out throughput and delay.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
+
+run: build
+	bin/execlaw serve
+
+clean:
+	rm -rf bin

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what ExeClaw needs on Debian 12 and prints the directory of a Go
+# toolchain that can build it. Safe to run again: it only installs what is
+# missing.
+#
+#   scripts/deps.sh          what the server needs to build and run
+#   scripts/deps.sh --test   plus what the test suite needs
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+log() { echo "deps: $*" >&2; }
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+	local missing=()
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ $apt_updated -eq 0 ]; then
+		log "apt-get update"
+		as_root apt-get update -qq >&2
+		apt_updated=1
+	fi
+	log "installing ${missing[*]}"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+packages=(ca-certificates git make)
+# The race detector in `go test -race` needs cgo, so a C compiler.
+[ $want_test -eq 1 ] && packages+=(gcc libc6-dev)
+apt_install "${packages[@]}"
+
+# Go: any toolchain from 1.21 on can build the project, because it fetches the
+# exact version go.mod names from the Go module proxy (GOTOOLCHAIN=auto).
+go_ok() {
+	local v
+	v=$("$1" env GOVERSION 2>/dev/null) || return 1
+	v=${v#go}
+	local major=${v%%.*} rest=${v#*.}
+	local minor=${rest%%.*}
+	[ "$major" -gt 1 ] || [ "$minor" -ge 21 ]
+}
+for cand in "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go /usr/lib/go-1.2[3-9]/bin/go; do
+	if [ -n "$cand" ] && [ -x "$cand" ] && go_ok "$cand"; then
+		dirname "$cand"
+		exit 0
+	fi
+done
+log "no Go 1.21+ found: installing golang-1.23-go from bookworm-backports"
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+	echo "deb http://deb.debian.org/debian bookworm-backports main" | as_root tee /etc/apt/sources.list.d/execlaw-backports.list >/dev/null
+	apt_updated=0
+fi
+apt_install golang-1.23-go
+echo /usr/lib/go-1.23/bin
