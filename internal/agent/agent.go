@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,6 +108,9 @@ func (r *Runner) Turn(ctx context.Context, ws Workspace, env Environment, text s
 		if ferr := t.flushOpen(); ferr != nil {
 			return ferr
 		}
+		if ferr := t.closePending(); ferr != nil {
+			return ferr
+		}
 		reason := r.cfg.LLM.APIKey.Scrub(describeError(ctx, err))
 		if herr := r.noteInterruption(wctx, sink, t.partialText(), reason); herr != nil {
 			return herr
@@ -115,6 +119,13 @@ func (r *Runner) Turn(ctx context.Context, ws Workspace, env Environment, text s
 	}
 	if n := len(result.Steps); n >= r.cfg.MaxSteps && result.Steps[n-1].FinishReason == fantasy.FinishReasonToolCalls {
 		msg := fmt.Sprintf("The turn stopped after %d model calls, the per-turn limit. Send a message to let the agent continue.", n)
+		if err := r.noteInterruption(wctx, sink, "", msg); err != nil {
+			return err
+		}
+		return sink.Emit(wctx, event.Error, event.ErrorData{Message: msg})
+	}
+	if n := len(result.Steps); n > 0 && result.Steps[n-1].FinishReason == fantasy.FinishReasonLength {
+		msg := "The model's answer was cut off at its output token limit. Send a message to let the agent continue."
 		if err := r.noteInterruption(wctx, sink, "", msg); err != nil {
 			return err
 		}
@@ -144,6 +155,17 @@ func (r *Runner) agentOptions(ws Workspace, env Environment) []fantasy.AgentOpti
 		}))
 	}
 	return opts
+}
+
+// refuseRepair keeps fantasy from "repairing" a tool call whose input is not
+// valid JSON: by default it runs jsonrepair over it, which closes the strings
+// of an input cut off at the output token limit, and the tool then runs a
+// truncated command or writes a truncated file as if nothing were wrong.
+// Refused, the call fails with the validation error and the model can retry.
+// It goes in the AgentStreamCall: Agent.Stream (v0.41.2) ignores the
+// WithRepairToolCall agent option.
+func refuseRepair(context.Context, fantasy.ToolCallRepairOptions) (*fantasy.ToolCallContent, error) {
+	return nil, errors.New("tool call repair is disabled")
 }
 
 // appendHistory saves messages and then keeps them for the next model call.
@@ -187,19 +209,38 @@ func describeError(ctx context.Context, err error) string {
 	}
 	var pe *fantasy.ProviderError
 	if errors.As(err, &pe) {
+		msg := providerMessage(pe)
 		switch {
 		case pe.StatusCode == 401 || pe.StatusCode == 403:
-			return fmt.Sprintf("the provider rejected the API key (HTTP %d): %s", pe.StatusCode, pe.Message)
+			return fmt.Sprintf("the provider rejected the API key (HTTP %d): %s", pe.StatusCode, msg)
 		case pe.StatusCode == 429:
-			return fmt.Sprintf("the provider is rate limiting this key (HTTP 429): %s", pe.Message)
+			return fmt.Sprintf("the provider is rate limiting this key (HTTP 429): %s", msg)
 		case pe.StatusCode >= 500:
-			return fmt.Sprintf("the provider failed (HTTP %d): %s", pe.StatusCode, pe.Message)
+			return fmt.Sprintf("the provider failed (HTTP %d): %s", pe.StatusCode, msg)
 		case pe.StatusCode != 0:
-			return fmt.Sprintf("the provider refused the request (HTTP %d): %s", pe.StatusCode, pe.Message)
+			return fmt.Sprintf("the provider refused the request (HTTP %d): %s", pe.StatusCode, msg)
 		}
 		return "model call failed: " + pe.Error()
 	}
 	return "model call failed: " + err.Error()
+}
+
+// providerMessage is what the provider said. fantasy's Anthropic provider puts
+// the SDK's whole error line in Message: `POST "https://…/v1/messages": 401
+// Unauthorized (Request-ID: …) {"type":"error","error":{"type":…,"message":…}}`;
+// the message inside the JSON is the part meant for people.
+func providerMessage(pe *fantasy.ProviderError) string {
+	if i := strings.IndexByte(pe.Message, '{'); i >= 0 {
+		var body struct {
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal([]byte(pe.Message[i:]), &body) == nil && body.Error.Message != "" {
+			return body.Error.Message
+		}
+	}
+	return pe.Message
 }
 
 func newID(prefix string) string {

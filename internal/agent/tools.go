@@ -128,8 +128,10 @@ func failf(format string, args ...any) result {
 }
 
 // guestFailure words an error from the guest for the model.
-func guestFailure(action string, err error) result {
-	if errors.Is(err, context.Canceled) {
+func guestFailure(ctx context.Context, action string, err error) result {
+	// A turn cancelled with a cause (ErrCancelled) fails the guest call with
+	// that cause, which does not wrap context.Canceled: ask ctx instead.
+	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 		return failf("%s: cancelled", action)
 	}
 	return failf("%s: %v", action, err)
@@ -158,7 +160,7 @@ func (t *toolbox) bash(ctx context.Context, in bashInput) result {
 	}, func(_ string, data []byte) { out.Write(data) })
 	text := out.String()
 	if err != nil {
-		r := guestFailure("running the command failed", err)
+		r := guestFailure(ctx, "running the command failed", err)
 		if text != "" {
 			r.output = text + "\n" + r.output
 		}
@@ -188,7 +190,7 @@ func (t *toolbox) read(ctx context.Context, in readInput) result {
 	}
 	resp, err := t.ws.Guest().Read(ctx, guest.ReadRequest{Path: in.Path, Limit: guest.MaxReadBytes})
 	if err != nil {
-		return guestFailure("read "+in.Path, err)
+		return guestFailure(ctx, "read "+in.Path, err)
 	}
 	if !utf8.Valid(resp.Data) && strings.ContainsRune(string(resp.Data), 0) {
 		return failf("%s looks like a binary file (%d bytes); use bash with xxd or file to inspect it", in.Path, resp.Size)
@@ -230,7 +232,7 @@ func (t *toolbox) write(ctx context.Context, in writeInput) result {
 		return failf("content is %d bytes; write files larger than %d bytes in pieces with bash", len(in.Content), guest.MaxRequestBytes/2)
 	}
 	if err := t.ws.Guest().Write(ctx, guest.WriteRequest{Path: in.Path, Data: []byte(in.Content)}); err != nil {
-		return guestFailure("write "+in.Path, err)
+		return guestFailure(ctx, "write "+in.Path, err)
 	}
 	return result{output: fmt.Sprintf("wrote %d bytes to %s", len(in.Content), in.Path)}
 }
@@ -248,7 +250,7 @@ func (t *toolbox) edit(ctx context.Context, in editInput) result {
 	g := t.ws.Guest()
 	resp, err := g.Read(ctx, guest.ReadRequest{Path: in.Path, Limit: guest.MaxReadBytes})
 	if err != nil {
-		return guestFailure("read "+in.Path, err)
+		return guestFailure(ctx, "read "+in.Path, err)
 	}
 	if !resp.EOF {
 		return failf("%s is larger than %d bytes; edit it with bash", in.Path, guest.MaxReadBytes)
@@ -266,7 +268,7 @@ func (t *toolbox) edit(ctx context.Context, in editInput) result {
 	}
 	updated := strings.Replace(content, in.OldString, in.NewString, n)
 	if err := g.Write(ctx, guest.WriteRequest{Path: in.Path, Data: []byte(updated)}); err != nil {
-		return guestFailure("write "+in.Path, err)
+		return guestFailure(ctx, "write "+in.Path, err)
 	}
 	return result{output: fmt.Sprintf("replaced %d occurrence(s) in %s", n, in.Path)}
 }
@@ -279,7 +281,7 @@ func (t *toolbox) list(ctx context.Context, in listInput) result {
 	const limit = 1000
 	resp, err := t.ws.Guest().List(ctx, guest.ListRequest{Path: dir, Recursive: in.Recursive, Limit: limit})
 	if err != nil {
-		return guestFailure("list "+dir, err)
+		return guestFailure(ctx, "list "+dir, err)
 	}
 	if len(resp.Entries) == 0 {
 		return result{output: fmt.Sprintf("(%s is empty)", dir)}
@@ -364,6 +366,7 @@ func truncateMiddle(s string, limit int) (string, bool) {
 // inputJSON makes a tool call's input safe to put in an event: valid JSON, bounded.
 func inputJSON(raw string) json.RawMessage {
 	const limit = 64 << 10
+	raw = strings.ToValidUTF8(raw, "\uFFFD") // json.Valid does not check UTF-8
 	if len(raw) <= limit && json.Valid([]byte(raw)) && strings.HasPrefix(strings.TrimSpace(raw), "{") {
 		return json.RawMessage(raw)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,8 +24,11 @@ type turn struct {
 	mu       sync.Mutex
 	open     map[string]*block // blocks being streamed, by fantasy part kind+id
 	stepText strings.Builder   // text finished in the current step, not yet saved to history
+	pending  []pendingCall     // tool calls announced that have no result yet
 	emitErr  error
 }
+
+type pendingCall struct{ id, name string }
 
 // block is a text or thinking block being streamed.
 type block struct {
@@ -67,6 +71,7 @@ func (t *turn) streamCall() fantasy.AgentStreamCall {
 		OnToolCall:       t.toolCall,
 		OnToolResult:     t.toolResult,
 		OnStepFinish:     t.stepFinish,
+		RepairToolCall:   refuseRepair,
 	}
 }
 
@@ -156,6 +161,9 @@ func (t *turn) partialText() string {
 }
 
 func (t *turn) toolCall(tc fantasy.ToolCallContent) error {
+	t.mu.Lock()
+	t.pending = append(t.pending, pendingCall{tc.ToolCallID, tc.ToolName})
+	t.mu.Unlock()
 	return t.emit(event.ToolCall, event.ToolCallData{ID: tc.ToolCallID, Name: tc.ToolName, Input: inputJSON(tc.Input)})
 }
 
@@ -182,7 +190,28 @@ func (t *turn) toolResult(res fantasy.ToolResultContent) error {
 		}
 	}
 	data.Output, _ = truncateMiddle(data.Output, MaxToolOutput)
+	t.mu.Lock()
+	t.pending = slices.DeleteFunc(t.pending, func(c pendingCall) bool { return c.id == res.ToolCallID })
+	t.mu.Unlock()
 	return t.emit(event.ToolResult, data)
+}
+
+// closePending gives a result to every tool call that was announced but never
+// ran, because the model's stream failed or the turn was cancelled after the
+// call had streamed, so no call is left open in the log.
+func (t *turn) closePending() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.pending {
+		if err := t.emitLocked(event.ToolResult, event.ToolResultData{
+			ID: c.id, Name: c.name, IsError: true,
+			Output: "not run: the turn ended before this tool call could run",
+		}); err != nil {
+			return err
+		}
+	}
+	t.pending = nil
+	return t.emitErr
 }
 
 func (t *turn) stepFinish(step fantasy.StepResult) error {
@@ -205,6 +234,12 @@ func (t *turn) stepFinish(step fantasy.StepResult) error {
 	}
 	total, err := t.sink.AddUsage(emitCtx, call)
 	if err != nil {
+		// fantasy ignores what OnStepFinish returns: keep the failure for Turn.
+		t.mu.Lock()
+		if t.emitErr == nil {
+			t.emitErr = err
+		}
+		t.mu.Unlock()
 		return err
 	}
 	return t.emit(event.Usage, event.UsageData{
