@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/apitest"
+
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/session"
@@ -35,10 +37,10 @@ func benchFanout(b *testing.B, interval time.Duration) {
 	const clients = 100
 	fake := llmtest.NewAnthropic()
 	defer fake.Close()
-	h := newHarness(b, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	h.waitState(s.ID, "active")
-	sess, running, err := h.mgr.Get(context.Background(), session.User{ID: "owner"}, s.ID)
+	h := apitest.New(b, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	h.WaitState(s.ID, "active")
+	sess, running, err := h.Mgr.Get(context.Background(), session.User{ID: "owner"}, s.ID)
 	if err != nil || !running {
 		b.Fatalf("session not running: %v", err)
 	}
@@ -93,13 +95,13 @@ func benchFanout(b *testing.B, interval time.Duration) {
 
 // benchClient reads the stream from after `from` up to `last`, reconnecting
 // when cut, and returns each event's delay.
-func benchClient(b *testing.B, h *harness, id string, from, last int64, ready chan<- struct{}) []time.Duration {
+func benchClient(b *testing.B, h *apitest.Harness, id string, from, last int64, ready chan<- struct{}) []time.Duration {
 	var out []time.Duration
 	seen := from
 	signalled := false
 	for seen < last {
-		req, _ := http.NewRequest("GET", h.url("/api/sessions/"+id+"/stream"), nil)
-		req.Header = h.authHeader()
+		req, _ := http.NewRequest("GET", h.URL("/api/sessions/"+id+"/stream"), nil)
+		req.Header = h.AuthHeader()
 		req.Header.Set("Last-Event-ID", strconv.FormatInt(seen, 10))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/execlaw/execlaw/internal/apitest"
+
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/testutil"
@@ -35,18 +37,18 @@ func TestTurnEndToEnd(t *testing.T) {
 				},
 				llmtest.Turn{Text: "Done: **hello.txt** is written.", InputTokens: 150, OutputTokens: 10},
 			)
-			h := newHarness(t, harnessOptions{})
+			h := apitest.New(t, apitest.Options{})
 			model := "claude-sonnet-4-20250514"
 			if provider == "openai" {
 				model = "gpt-4o"
 			}
-			s := h.create(map[string]any{"provider": provider, "apiKey": "sk-test-key", "model": model, "baseUrl": fake.BaseURL()})
+			s := h.Create(map[string]any{"provider": provider, "apiKey": "sk-test-key", "model": model, "baseUrl": fake.BaseURL()})
 			if s.State != "creating" || s.Sandbox != "process" || s.Isolated {
 				t.Fatalf("new session: %+v", s)
 			}
-			st := h.stream(s.ID, "")
-			h.input(s.ID, "Write hello.txt please")
-			st.WaitType(t, wait, event.AgentIdle, 1)
+			st := h.Stream(s.ID, "")
+			h.Input(s.ID, "Write hello.txt please")
+			st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 
 			events := st.Events()
 			for i, e := range events {
@@ -105,7 +107,7 @@ func TestTurnEndToEnd(t *testing.T) {
 			}
 
 			// The file is really in the sandbox's workspace.
-			got, err := os.ReadFile(filepath.Join(h.workspace(s.ID), "hello.txt"))
+			got, err := os.ReadFile(filepath.Join(h.Workspace(s.ID), "hello.txt"))
 			if err != nil || string(got) != "hello from the sandbox\n" {
 				t.Fatalf("workspace file: %q, %v", got, err)
 			}
@@ -115,7 +117,7 @@ func TestTurnEndToEnd(t *testing.T) {
 				t.Fatalf("second model request does not carry the tool result: %d requests", len(reqs))
 			}
 
-			v := h.waitState(s.ID, "active")
+			v := h.WaitState(s.ID, "active")
 			if v.Usage.OutputTokens != 30 || v.LastEventID < events[len(events)-1].ID {
 				t.Errorf("status after turn: %+v", v)
 			}
@@ -128,14 +130,14 @@ func TestTurnEndToEnd(t *testing.T) {
 func TestStreamJoinMidAnswer(t *testing.T) {
 	gate := make(chan struct{})
 	fake := llmtest.NewAnthropic(llmtest.Turn{Text: "First part, then the rest of the answer.", Gate: gate}).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	first := h.stream(s.ID, "")
-	h.input(s.ID, "hi")
-	d := first.WaitType(t, wait, event.MessageDelta, 1)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	first := h.Stream(s.ID, "")
+	h.Input(s.ID, "hi")
+	d := first.WaitType(t, apitest.Wait, event.MessageDelta, 1)
 
-	late := h.stream(s.ID, "")
-	got := late.WaitType(t, wait, event.MessageDelta, 1)
+	late := h.Stream(s.ID, "")
+	got := late.WaitType(t, apitest.Wait, event.MessageDelta, 1)
 	if got.ID != d.ID || got.Field("text") != d.Field("text") {
 		t.Fatalf("late client got %d %s, want %d %s", got.ID, got.Data, d.ID, d.Data)
 	}
@@ -143,8 +145,8 @@ func TestStreamJoinMidAnswer(t *testing.T) {
 		t.Fatal("turn finished before the gate opened")
 	}
 	close(gate)
-	late.WaitType(t, wait, event.AgentIdle, 1)
-	first.WaitType(t, wait, event.AgentIdle, 1)
+	late.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	first.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 	if !reflect.DeepEqual(first.Events(), late.Events()) {
 		t.Fatalf("clients saw different streams:\n%s\n%s", testutil.Summary(first.Events()), testutil.Summary(late.Events()))
 	}
@@ -157,22 +159,22 @@ func TestRestartReplaysIdenticalSequence(t *testing.T) {
 		llmtest.Turn{Thinking: "Let me list the files.", Text: "Listing.", ToolCalls: []llmtest.ToolCall{{Name: "list_files", Input: `{}`}}},
 		llmtest.Turn{Text: "The workspace is empty."},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	live := h.stream(s.ID, "")
-	h.input(s.ID, "what is here?")
-	live.WaitType(t, wait, event.AgentIdle, 1)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	live := h.Stream(s.ID, "")
+	h.Input(s.ID, "what is here?")
+	live.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 	before := live.Events()
 	if indexOf(before, event.Thinking, 0) < 0 || indexOf(before, event.ThinkingDelta, 0) < 0 {
 		t.Fatalf("no thinking events: %v", types(before))
 	}
 	live.Close()
 
-	h.crash()
-	h.start()
+	h.Crash()
+	h.Start()
 
-	replay := h.stream(s.ID, "0")
-	replay.WaitEnd(t, wait)
+	replay := h.Stream(s.ID, "0")
+	replay.WaitEnd(t, apitest.Wait)
 	after := replay.Events()
 	if len(after) < len(before) || !reflect.DeepEqual(after[:len(before)], before) {
 		t.Fatalf("replay differs from the live stream:\nlive:   %s\nreplay: %s", testutil.Summary(before), testutil.Summary(after))
@@ -181,21 +183,40 @@ func TestRestartReplaysIdenticalSequence(t *testing.T) {
 	if len(tail) == 0 || tail[len(tail)-1].Type != event.Exit {
 		t.Fatalf("after restart the log should end with exit: %s", testutil.Summary(tail))
 	}
-	v := h.waitState(s.ID, "stopped")
+	v := h.WaitState(s.ID, "stopped")
 	if v.EndedAt == nil {
 		t.Errorf("stopped session has no endedAt: %+v", v)
 	}
 	// Resuming from the middle gives exactly the rest.
 	mid := before[len(before)/2].ID
-	rest := h.stream(s.ID, "")
+	rest := h.Stream(s.ID, "")
 	rest.Close()
-	part := testutil.OpenSSE(t, http.DefaultClient, h.url("/api/sessions/"+s.ID+"/stream?after="+strconv.FormatInt(mid, 10)), h.authHeader())
-	part.WaitEnd(t, wait)
+	part := testutil.OpenSSE(t, http.DefaultClient, h.URL("/api/sessions/"+s.ID+"/stream?after="+strconv.FormatInt(mid, 10)), h.AuthHeader())
+	part.WaitEnd(t, apitest.Wait)
 	if !reflect.DeepEqual(part.Events(), after[mid:]) {
 		t.Fatalf("?after=%d gave %s, want %s", mid, testutil.Summary(part.Events()), testutil.Summary(after[mid:]))
 	}
 	// And nothing of it is left running or on disk.
-	if entries, _ := os.ReadDir(filepath.Join(h.dataDir, "sandboxes")); len(entries) != 0 {
+	if entries, _ := os.ReadDir(filepath.Join(h.DataDir, "sandboxes")); len(entries) != 0 {
 		t.Errorf("sandbox directories left after restart: %d", len(entries))
 	}
+}
+
+// types lists the event types in order.
+func types(events []testutil.SSEEvent) []string {
+	out := make([]string, len(events))
+	for i, e := range events {
+		out[i] = e.Type
+	}
+	return out
+}
+
+// indexOf finds the first event of a type at or after from; -1 if none.
+func indexOf(events []testutil.SSEEvent, typ string, from int) int {
+	for i := from; i < len(events); i++ {
+		if events[i].Type == typ {
+			return i
+		}
+	}
+	return -1
 }

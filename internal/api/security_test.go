@@ -10,32 +10,34 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/execlaw/execlaw/internal/apitest"
+
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 )
 
 func TestTokenAuth(t *testing.T) {
-	h := newHarness(t, harnessOptions{auth: api.Auth{Mode: api.AuthToken, Token: "s3cret-token"}})
+	h := apitest.New(t, apitest.Options{Auth: api.Auth{Mode: api.AuthToken, Token: "s3cret-token"}})
 	for _, hdr := range []http.Header{
 		{},
 		{"Authorization": {"Bearer wrong"}},
 		{"Authorization": {"s3cret-token"}},
 		{"Cookie": {"execlaw_session=forged"}},
 	} {
-		r := h.do("GET", "/api/sessions", nil, hdr)
-		if r.status != http.StatusUnauthorized || !bytes.Contains(r.body, []byte(`"error"`)) {
-			t.Errorf("%v: got %d %s, want 401 JSON", hdr, r.status, r.body)
+		r := h.Do("GET", "/api/sessions", nil, hdr)
+		if r.Status != http.StatusUnauthorized || !bytes.Contains(r.Body, []byte(`"error"`)) {
+			t.Errorf("%v: got %d %s, want 401 JSON", hdr, r.Status, r.Body)
 		}
 	}
-	h.must(http.StatusOK, "GET", "/api/sessions", nil)
+	h.Must(http.StatusOK, "GET", "/api/sessions", nil)
 	// Health is public, for probes.
-	if r := h.do("GET", "/api/health", nil, http.Header{}); r.status != http.StatusOK {
-		t.Errorf("health without auth: %d", r.status)
+	if r := h.Do("GET", "/api/health", nil, http.Header{}); r.Status != http.StatusOK {
+		t.Errorf("health without auth: %d", r.Status)
 	}
 	// A browser is sent to the login page.
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Get(h.url("/"))
+	resp, err := client.Get(h.URL("/"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func TestTokenAuth(t *testing.T) {
 	}
 
 	// Wrong token: the page again, no cookie.
-	resp, err = client.PostForm(h.url("/login"), url.Values{"token": {"nope"}})
+	resp, err = client.PostForm(h.URL("/login"), url.Values{"token": {"nope"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +55,7 @@ func TestTokenAuth(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
 		t.Fatalf("bad login: %d, cookies %v", resp.StatusCode, resp.Cookies())
 	}
-	resp, err = client.PostForm(h.url("/login"), url.Values{"token": {"s3cret-token"}})
+	resp, err = client.PostForm(h.URL("/login"), url.Values{"token": {"s3cret-token"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,11 +69,11 @@ func TestTokenAuth(t *testing.T) {
 		t.Fatalf("cookie must be HttpOnly, SameSite=Strict and not the token itself: %+v", c)
 	}
 	cookie := http.Header{"Cookie": {c.Name + "=" + c.Value}}
-	if r := h.do("GET", "/api/sessions", nil, cookie); r.status != http.StatusOK {
-		t.Fatalf("cookie auth: %d %s", r.status, r.body)
+	if r := h.Do("GET", "/api/sessions", nil, cookie); r.Status != http.StatusOK {
+		t.Fatalf("cookie auth: %d %s", r.Status, r.Body)
 	}
-	if r := h.do("GET", "/", nil, cookie); r.status != http.StatusOK || !strings.Contains(r.header.Get("Content-Security-Policy"), "script-src 'self'") {
-		t.Fatalf("index with cookie: %d, CSP %q", r.status, r.header.Get("Content-Security-Policy"))
+	if r := h.Do("GET", "/", nil, cookie); r.Status != http.StatusOK || !strings.Contains(r.Header.Get("Content-Security-Policy"), "script-src 'self'") {
+		t.Fatalf("index with cookie: %d, CSP %q", r.Status, r.Header.Get("Content-Security-Policy"))
 	}
 
 	// A state-changing request from another site, riding on the cookie, is refused.
@@ -79,19 +81,19 @@ func TestTokenAuth(t *testing.T) {
 	cross.Set("Sec-Fetch-Site", "cross-site")
 	cross.Set("Origin", "https://evil.example")
 	cross.Set("Content-Type", "application/json")
-	r := h.do("POST", "/api/sessions", `{"provider":"openai","apiKey":"k","model":"gpt-4o"}`, cross)
-	if r.status != http.StatusForbidden {
-		t.Fatalf("cross-site POST: %d %s", r.status, r.body)
+	r := h.Do("POST", "/api/sessions", `{"provider":"openai","apiKey":"k","model":"gpt-4o"}`, cross)
+	if r.Status != http.StatusForbidden {
+		t.Fatalf("cross-site POST: %d %s", r.Status, r.Body)
 	}
 	// No CORS grant for anyone.
-	if r.header.Get("Access-Control-Allow-Origin") != "" {
+	if r.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Error("CORS header present")
 	}
 	// A form post (the classic CSRF shape) is not JSON and is refused too.
 	same := cookie.Clone()
 	same.Set("Content-Type", "application/x-www-form-urlencoded")
-	if r := h.do("POST", "/api/sessions", "provider=openai", same); r.status != http.StatusUnsupportedMediaType {
-		t.Fatalf("form POST: %d %s", r.status, r.body)
+	if r := h.Do("POST", "/api/sessions", "provider=openai", same); r.Status != http.StatusUnsupportedMediaType {
+		t.Fatalf("form POST: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -114,10 +116,10 @@ func TestAuthNoneOnlyOnLoopback(t *testing.T) {
 // else's answers 404 everywhere, exactly like one that does not exist.
 func TestOtherUsersSessionsAre404(t *testing.T) {
 	fake := llmtest.NewAnthropic().Attach(t)
-	h := newHarness(t, harnessOptions{auth: api.Auth{Mode: api.AuthExeDev}})
-	s := h.anthropicSession(fake, nil)
+	h := apitest.New(t, apitest.Options{Auth: api.Auth{Mode: api.AuthExeDev}})
+	s := h.AnthropicSession(fake, nil)
 	var info map[string]any
-	h.must(http.StatusOK, "GET", "/api/userinfo", nil).json(t, &info)
+	h.Must(http.StatusOK, "GET", "/api/userinfo", nil).JSON(t, &info)
 	if info["userId"] != "alice" || info["email"] != "alice@example.com" {
 		t.Fatalf("userinfo: %v", info)
 	}
@@ -135,34 +137,34 @@ func TestOtherUsersSessionsAre404(t *testing.T) {
 		if c.body != "" {
 			body = c.body
 		}
-		r := h.do(c.method, "/api/sessions/"+s.ID+c.path, body, bob)
-		if r.status != http.StatusNotFound || !bytes.Contains(r.body, []byte(`"error"`)) {
-			t.Errorf("bob %s %s: %d %s", c.method, c.path, r.status, r.body)
+		r := h.Do(c.method, "/api/sessions/"+s.ID+c.path, body, bob)
+		if r.Status != http.StatusNotFound || !bytes.Contains(r.Body, []byte(`"error"`)) {
+			t.Errorf("bob %s %s: %d %s", c.method, c.path, r.Status, r.Body)
 		}
 	}
 	var list struct{ Sessions []map[string]any }
-	if r := h.do("GET", "/api/sessions", nil, bob); r.status != http.StatusOK {
-		t.Fatalf("bob's list: %d", r.status)
+	if r := h.Do("GET", "/api/sessions", nil, bob); r.Status != http.StatusOK {
+		t.Fatalf("bob's list: %d", r.Status)
 	} else {
-		r.json(t, &list)
+		r.JSON(t, &list)
 	}
 	if len(list.Sessions) != 0 {
 		t.Fatalf("bob sees %d sessions", len(list.Sessions))
 	}
 	// Without the proxy's headers there is no user at all.
-	if r := h.do("GET", "/api/sessions", nil, http.Header{}); r.status != http.StatusUnauthorized {
-		t.Fatalf("no identity: %d", r.status)
+	if r := h.Do("GET", "/api/sessions", nil, http.Header{}); r.Status != http.StatusUnauthorized {
+		t.Fatalf("no identity: %d", r.Status)
 	}
 	// Alice's session is untouched.
-	h.waitState(s.ID, "active")
+	h.WaitState(s.ID, "active")
 }
 
 // Fifty kinds of bad request all get a 4xx with a JSON error, and the server
 // carries on.
 func TestMalformedRequests(t *testing.T) {
 	fake := llmtest.NewAnthropic(llmtest.Turn{Text: "still fine"}).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
 	sp := "/api/sessions/" + s.ID
 	big := strings.Repeat("x", 2<<20)
 	type req struct {
@@ -227,7 +229,7 @@ func TestMalformedRequests(t *testing.T) {
 		t.Fatalf("want 50 cases, have %d", len(cases))
 	}
 	for i, c := range cases {
-		hdr := h.authHeader()
+		hdr := h.AuthHeader()
 		if c.ctype != "" {
 			hdr.Set("Content-Type", c.ctype)
 		}
@@ -235,21 +237,21 @@ func TestMalformedRequests(t *testing.T) {
 		if c.body != "" {
 			body = c.body
 		}
-		r := h.do(c.method, c.path, body, hdr)
-		if r.status < 400 || r.status >= 500 {
-			t.Errorf("case %d %s %s: status %d, want 4xx: %.200s", i, c.method, c.path, r.status, r.body)
+		r := h.Do(c.method, c.path, body, hdr)
+		if r.Status < 400 || r.Status >= 500 {
+			t.Errorf("case %d %s %s: status %d, want 4xx: %.200s", i, c.method, c.path, r.Status, r.Body)
 			continue
 		}
-		if !bytes.HasPrefix(r.body, []byte(`{"error":"`)) || !strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
-			t.Errorf("case %d %s %s: body is not a JSON error: %.200s", i, c.method, c.path, r.body)
+		if !bytes.HasPrefix(r.Body, []byte(`{"error":"`)) || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("case %d %s %s: body is not a JSON error: %.200s", i, c.method, c.path, r.Body)
 		}
 	}
-	h.must(http.StatusOK, "GET", "/api/health", nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "are you ok?")
-	st.WaitType(t, wait, event.AgentIdle, 1)
+	h.Must(http.StatusOK, "GET", "/api/health", nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "are you ok?")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 	var list struct{ Sessions []map[string]any }
-	h.must(http.StatusOK, "GET", "/api/sessions", nil).json(t, &list)
+	h.Must(http.StatusOK, "GET", "/api/sessions", nil).JSON(t, &list)
 	if len(list.Sessions) != 1 {
 		t.Fatalf("bad requests created sessions: %d", len(list.Sessions))
 	}
@@ -265,19 +267,19 @@ func TestAPIKeyIsNeverStored(t *testing.T) {
 		llmtest.Turn{Text: "Here is your environment."},
 		llmtest.Turn{Error: &llmtest.ErrorReply{Status: 401, Message: "invalid x-api-key: " + key}},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.create(map[string]any{"provider": "anthropic", "apiKey": key, "model": "claude-sonnet-4-20250514", "baseUrl": fake.BaseURL()})
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "show env")
-	st.WaitType(t, wait, event.AgentIdle, 1)
-	h.input(s.ID, "again")
-	st.WaitType(t, wait, event.AgentIdle, 2)
+	h := apitest.New(t, apitest.Options{})
+	s := h.Create(map[string]any{"provider": "anthropic", "apiKey": key, "model": "claude-sonnet-4-20250514", "baseUrl": fake.BaseURL()})
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "show env")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	h.Input(s.ID, "again")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 2)
 	// The key did reach the provider, so the test would see it if it leaked.
 	if got := fake.Requests()[0].Header.Get("X-Api-Key"); got != key {
 		t.Fatalf("provider got key %q", got)
 	}
 	// The sandbox's environment did not contain it.
-	res := st.WaitType(t, wait, event.ToolResult, 1)
+	res := st.WaitType(t, apitest.Wait, event.ToolResult, 1)
 	if !strings.Contains(res.Field("output"), "PATH=") {
 		t.Fatalf("env output: %s", res.Data)
 	}
@@ -288,7 +290,7 @@ func TestAPIKeyIsNeverStored(t *testing.T) {
 	}
 	scan := func() {
 		t.Helper()
-		filepath.WalkDir(h.dataDir, func(p string, d fs.DirEntry, err error) error {
+		filepath.WalkDir(h.DataDir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !d.Type().IsRegular() {
 				return nil
 			}
@@ -300,23 +302,23 @@ func TestAPIKeyIsNeverStored(t *testing.T) {
 		})
 	}
 	scan() // while running, WAL included
-	md := h.must(http.StatusOK, "GET", "/api/sessions/"+s.ID+"/transcript", nil)
-	if bytes.Contains(md.body, []byte("UNIQUEKEYMATERIAL")) {
+	md := h.Must(http.StatusOK, "GET", "/api/sessions/"+s.ID+"/transcript", nil)
+	if bytes.Contains(md.Body, []byte("UNIQUEKEYMATERIAL")) {
 		t.Error("transcript contains the key")
 	}
-	h.must(http.StatusOK, "DELETE", "/api/sessions/"+s.ID, nil)
-	h.stop()
+	h.Must(http.StatusOK, "DELETE", "/api/sessions/"+s.ID, nil)
+	h.Stop()
 	scan() // after shutdown and checkpoint
 }
 
 // Unknown paths and methods get JSON errors, not the mux's plain text.
 func TestMethodNotAllowedIsJSON(t *testing.T) {
-	h := newHarness(t, harnessOptions{})
-	r := h.do("PATCH", "/api/sessions", "{}", nil)
-	if r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != "GET, POST" {
-		t.Fatalf("PATCH /api/sessions: %d allow=%q %s", r.status, r.header.Get("Allow"), r.body)
+	h := apitest.New(t, apitest.Options{})
+	r := h.Do("PATCH", "/api/sessions", "{}", nil)
+	if r.Status != http.StatusMethodNotAllowed || r.Header.Get("Allow") != "GET, POST" {
+		t.Fatalf("PATCH /api/sessions: %d allow=%q %s", r.Status, r.Header.Get("Allow"), r.Body)
 	}
-	if !bytes.HasPrefix(r.body, []byte(`{"error"`)) {
-		t.Fatalf("405 body: %s", r.body)
+	if !bytes.HasPrefix(r.Body, []byte(`{"error"`)) {
+		t.Fatalf("405 body: %s", r.Body)
 	}
 }

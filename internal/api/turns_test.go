@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/apitest"
+
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/testutil"
@@ -22,32 +24,32 @@ func TestCancelWhileStreaming(t *testing.T) {
 		llmtest.Turn{Text: "This answer will be cut off in the middle.", Gate: gate},
 		llmtest.Turn{Text: "Second turn works."},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "talk")
-	st.WaitType(t, wait, event.MessageDelta, 1)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "talk")
+	st.WaitType(t, apitest.Wait, event.MessageDelta, 1)
 
 	// A second message while busy is refused.
-	if r := h.do("POST", "/api/sessions/"+s.ID+"/input", map[string]string{"message": "again"}, nil); r.status != http.StatusConflict {
-		t.Fatalf("input while busy: %d %s", r.status, r.body)
+	if r := h.Do("POST", "/api/sessions/"+s.ID+"/input", map[string]string{"message": "again"}, nil); r.Status != http.StatusConflict {
+		t.Fatalf("input while busy: %d %s", r.Status, r.Body)
 	}
 	var c struct{ OK, Cancelled bool }
-	h.must(http.StatusOK, "POST", "/api/sessions/"+s.ID+"/cancel", nil).json(t, &c)
+	h.Must(http.StatusOK, "POST", "/api/sessions/"+s.ID+"/cancel", nil).JSON(t, &c)
 	if !c.OK || !c.Cancelled {
 		t.Fatalf("cancel answered %+v", c)
 	}
-	st.WaitType(t, wait, event.AgentIdle, 1)
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 	events := st.Events()
 	msg := indexOf(events, event.Message, 0)
 	errEv := indexOf(events, event.Error, 0)
 	if msg < 0 || errEv < 0 || !strings.Contains(events[errEv].Field("message"), "cancelled") {
 		t.Fatalf("after cancel: %v", types(events))
 	}
-	h.waitState(s.ID, "active")
+	h.WaitState(s.ID, "active")
 
-	h.input(s.ID, "again")
-	st.WaitType(t, wait, event.AgentIdle, 2)
+	h.Input(s.ID, "again")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 2)
 	if !strings.Contains(string(st.Events()[indexOf(st.Events(), event.Message, msg+1)].Data), "Second turn works.") {
 		t.Fatalf("second turn: %s", testutil.Summary(st.Events()))
 	}
@@ -64,21 +66,21 @@ func TestCancelKillsRunningCommand(t *testing.T) {
 	// sandbox's PID namespace their numbers mean nothing out here.
 	fake := llmtest.NewAnthropic(llmtest.Turn{ToolCalls: []llmtest.ToolCall{{Name: "bash",
 		Input: `{"command":"sleep 3131 & sleep 3132"}`}}}).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "sleep")
-	st.WaitType(t, wait, event.ToolCall, 1)
-	deadline := time.Now().Add(wait)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "sleep")
+	st.WaitType(t, apitest.Wait, event.ToolCall, 1)
+	deadline := time.Now().Add(apitest.Wait)
 	for len(testutil.ProcessesWithArgs("sleep", "3132")) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the command never started")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	h.must(http.StatusOK, "POST", "/api/sessions/"+s.ID+"/cancel", nil)
-	st.WaitType(t, wait, event.AgentIdle, 1)
-	res := st.WaitType(t, wait, event.ToolResult, 1)
+	h.Must(http.StatusOK, "POST", "/api/sessions/"+s.ID+"/cancel", nil)
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	res := st.WaitType(t, apitest.Wait, event.ToolResult, 1)
 	if res.Field("isError") != "true" {
 		t.Errorf("cancelled command's result: %s", res.Data)
 	}
@@ -106,19 +108,19 @@ func TestProviderErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			fake := llmtest.NewAnthropic(llmtest.Turn{Error: &c.reply}, llmtest.Turn{Text: "Recovered."}).Attach(t)
-			h := newHarness(t, harnessOptions{})
-			s := h.anthropicSession(fake, nil)
-			st := h.stream(s.ID, "")
-			h.input(s.ID, "hello")
-			st.WaitType(t, wait, event.AgentIdle, 1)
-			e := st.WaitType(t, wait, event.Error, 1)
+			h := apitest.New(t, apitest.Options{})
+			s := h.AnthropicSession(fake, nil)
+			st := h.Stream(s.ID, "")
+			h.Input(s.ID, "hello")
+			st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+			e := st.WaitType(t, apitest.Wait, event.Error, 1)
 			if msg := e.Field("message"); !strings.Contains(msg, c.expect) || !strings.Contains(msg, c.reply.Message) {
 				t.Errorf("error_event %q should name the status %s and say %q", msg, c.expect, c.reply.Message)
 			}
-			h.waitState(s.ID, "active")
-			h.input(s.ID, "again")
-			st.WaitType(t, wait, event.AgentIdle, 2)
-			st.WaitFor(t, wait, "recovered message", func(e testutil.SSEEvent) bool {
+			h.WaitState(s.ID, "active")
+			h.Input(s.ID, "again")
+			st.WaitType(t, apitest.Wait, event.AgentIdle, 2)
+			st.WaitFor(t, apitest.Wait, "recovered message", func(e testutil.SSEEvent) bool {
 				return e.Type == event.Message && e.Field("content") == "Recovered."
 			})
 		})
@@ -131,23 +133,23 @@ func TestProviderStreamFailures(t *testing.T) {
 		llmtest.Turn{Text: "Starting to answer and then", Hangup: true},
 		llmtest.Turn{Text: "Fine now."},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.create(map[string]any{"provider": "openai", "apiKey": "sk-x", "model": "gpt-4o", "baseUrl": fake.BaseURL()})
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "go")
-	st.WaitType(t, wait, event.AgentIdle, 1)
-	if e := st.WaitType(t, wait, event.Error, 1); e.Field("message") == "" {
+	h := apitest.New(t, apitest.Options{})
+	s := h.Create(map[string]any{"provider": "openai", "apiKey": "sk-x", "model": "gpt-4o", "baseUrl": fake.BaseURL()})
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "go")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	if e := st.WaitType(t, apitest.Wait, event.Error, 1); e.Field("message") == "" {
 		t.Fatal("empty error message")
 	}
-	h.input(s.ID, "again")
-	st.WaitType(t, wait, event.AgentIdle, 2)
+	h.Input(s.ID, "again")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 2)
 
 	// Nothing listens on this port: a refused connection.
-	dead := h.create(map[string]any{"provider": "openai-compatible", "model": "m", "baseUrl": "http://127.0.0.1:1/v1"})
-	st2 := h.stream(dead.ID, "")
-	h.input(dead.ID, "hello?")
-	st2.WaitType(t, wait, event.AgentIdle, 1)
-	if msg := st2.WaitType(t, wait, event.Error, 1).Field("message"); !strings.Contains(msg, "refused") {
+	dead := h.Create(map[string]any{"provider": "openai-compatible", "model": "m", "baseUrl": "http://127.0.0.1:1/v1"})
+	st2 := h.Stream(dead.ID, "")
+	h.Input(dead.ID, "hello?")
+	st2.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	if msg := st2.WaitType(t, apitest.Wait, event.Error, 1).Field("message"); !strings.Contains(msg, "refused") {
 		t.Errorf("network error message: %q", msg)
 	}
 }
@@ -159,15 +161,15 @@ func TestProviderRetry(t *testing.T) {
 		llmtest.Turn{Error: &llmtest.ErrorReply{Status: 429, Message: "slow down", Header: http.Header{"Retry-After-Ms": {"10"}}}},
 		llmtest.Turn{Text: "After the retry."},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{llmRetries: 1})
-	s := h.anthropicSession(fake, nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "hi")
-	st.WaitType(t, wait, event.AgentIdle, 1)
-	if msg := st.WaitType(t, wait, event.Error, 1).Field("message"); !strings.Contains(msg, "retrying") {
+	h := apitest.New(t, apitest.Options{LLMRetries: 1})
+	s := h.AnthropicSession(fake, nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "hi")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	if msg := st.WaitType(t, apitest.Wait, event.Error, 1).Field("message"); !strings.Contains(msg, "retrying") {
 		t.Errorf("retry notice: %q", msg)
 	}
-	st.WaitFor(t, wait, "answer after retry", func(e testutil.SSEEvent) bool {
+	st.WaitFor(t, apitest.Wait, "answer after retry", func(e testutil.SSEEvent) bool {
 		return e.Type == event.Message && e.Field("content") == "After the retry."
 	})
 }
@@ -183,11 +185,11 @@ func TestUnknownToolAndBadInput(t *testing.T) {
 		}},
 		llmtest.Turn{Text: "I see the errors."},
 	).Attach(t)
-	h := newHarness(t, harnessOptions{})
-	s := h.anthropicSession(fake, nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "try things")
-	st.WaitType(t, wait, event.AgentIdle, 1)
+	h := apitest.New(t, apitest.Options{})
+	s := h.AnthropicSession(fake, nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "try things")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
 	var results []event.ToolResultData
 	for _, e := range st.Events() {
 		if e.Type == event.ToolResult {
@@ -204,7 +206,7 @@ func TestUnknownToolAndBadInput(t *testing.T) {
 			t.Errorf("result for %s should be an error with a message: %+v", r.Name, r)
 		}
 	}
-	st.WaitFor(t, wait, "final answer", func(e testutil.SSEEvent) bool {
+	st.WaitFor(t, apitest.Wait, "final answer", func(e testutil.SSEEvent) bool {
 		return e.Type == event.Message && e.Field("content") == "I see the errors."
 	})
 }
@@ -213,12 +215,12 @@ func TestUnknownToolAndBadInput(t *testing.T) {
 func TestStepLimit(t *testing.T) {
 	loop := llmtest.Turn{ToolCalls: []llmtest.ToolCall{{Name: "bash", Input: `{"command":"true"}`}}}
 	fake := llmtest.NewAnthropic(loop, loop, loop).Attach(t)
-	h := newHarness(t, harnessOptions{maxSteps: 3})
-	s := h.anthropicSession(fake, nil)
-	st := h.stream(s.ID, "")
-	h.input(s.ID, "loop forever")
-	st.WaitType(t, wait, event.AgentIdle, 1)
-	if msg := st.WaitType(t, wait, event.Error, 1).Field("message"); !strings.Contains(msg, "limit") {
+	h := apitest.New(t, apitest.Options{MaxSteps: 3})
+	s := h.AnthropicSession(fake, nil)
+	st := h.Stream(s.ID, "")
+	h.Input(s.ID, "loop forever")
+	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	if msg := st.WaitType(t, apitest.Wait, event.Error, 1).Field("message"); !strings.Contains(msg, "limit") {
 		t.Errorf("step limit message: %q", msg)
 	}
 	if n := len(fake.Requests()); n != 3 {
