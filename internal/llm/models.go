@@ -2,6 +2,8 @@ package llm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -72,7 +74,10 @@ func (l *Lister) live(ctx context.Context, provider, base string, key Secret, fa
 	if err := ValidateBaseURL(base); err != nil {
 		return ModelList{Models: fallback, Source: SourceCatalogue, Warning: err.Error()}
 	}
-	cacheKey := provider + " " + base
+	// The key is part of the cache key: an endpoint may list different models
+	// to different keys, and one user's answer must not reach another, nor
+	// make a wrong key look as if it worked.
+	cacheKey := provider + " " + base + " " + keyID(key)
 	l.mu.Lock()
 	c, ok := l.cache[cacheKey]
 	l.mu.Unlock()
@@ -98,6 +103,15 @@ func (l *Lister) live(ctx context.Context, provider, base string, key Secret, fa
 		return ModelList{Models: c.models, Source: SourceCache, Warning: warning}
 	}
 	return ModelList{Models: fallback, Source: SourceCatalogue, Warning: warning}
+}
+
+// keyID names a key in the cache without keeping the key itself.
+func keyID(key Secret) string {
+	if key.Empty() {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(key.Reveal()))
+	return hex.EncodeToString(sum[:16])
 }
 
 // openAIModels is the OpenAI-style GET /models answer; OpenRouter adds names,

@@ -59,29 +59,44 @@ func (s *Store) migrate(ctx context.Context) error {
 		`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
-	var current int
-	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
-	}
-	if current > len(migrations) {
-		return fmt.Errorf("database schema version %d is newer than this binary knows (%d): refusing to run an older execlaw on it", current, len(migrations))
-	}
-	for v := current + 1; v <= len(migrations); v++ {
-		tx, err := s.db.BeginTx(ctx, nil)
-		if err != nil {
+	// The version is read inside the same (immediate, so exclusive) write
+	// transaction that applies the migration: two processes opening a new
+	// database at once cannot both apply it.
+	for {
+		done, err := s.migrateOne(ctx)
+		if err != nil || done {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("apply migration %d: %w", v, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, now()); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("record migration %d: %w", v, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("commit migration %d: %w", v, err)
-		}
 	}
-	return nil
+}
+
+// migrateOne applies the next migration, if any; done reports that the schema
+// is current.
+func (s *Store) migrateOne(ctx context.Context) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return false, fmt.Errorf("read schema version: %w", err)
+	}
+	if current > len(migrations) {
+		return false, fmt.Errorf("database schema version %d is newer than this binary knows (%d): refusing to run an older execlaw on it", current, len(migrations))
+	}
+	if current == len(migrations) {
+		return true, nil
+	}
+	v := current + 1
+	if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+		return false, fmt.Errorf("apply migration %d: %w", v, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, now()); err != nil {
+		return false, fmt.Errorf("record migration %d: %w", v, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("commit migration %d: %w", v, err)
+	}
+	return false, nil
 }

@@ -100,8 +100,11 @@ func fence(lang, text string) string {
 	return ticks + lang + "\n" + strings.TrimRight(text, "\n") + "\n" + ticks + "\n"
 }
 
+// quote renders text as a blockquote inside a <details> block; a closing
+// tag in the text would end the block early, so it is neutralised.
 func quote(text string) string {
-	return "> " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "\n> ")
+	text = strings.ReplaceAll(strings.TrimSpace(text), "</details", "&lt;/details")
+	return "> " + strings.ReplaceAll(text, "\n", "\n> ")
 }
 
 func oneLine(s string) string {
