@@ -19,6 +19,10 @@ import (
 )
 
 func main() {
+	// Started by the kernel as a VM's /init: no arguments, PID 1.
+	if os.Getpid() == 1 && len(os.Args) == 1 {
+		runVMInit()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {

@@ -30,6 +30,7 @@ const usage = `Usage: execlaw <command> [flags]
 
 Commands:
   serve     run the server (execlaw serve --help for its flags)
+  image     build, list and verify guest images (execlaw image for details)
   version   print the version
 `
 
@@ -41,6 +42,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "image":
+		return imageCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "execlaw", version.String())
 		return nil

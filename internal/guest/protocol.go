@@ -47,6 +47,14 @@ type Health struct {
 	Kernel    string `json:"kernel"`
 	Workspace string `json:"workspace"`
 	PID1      bool   `json:"pid1"` // true when the guest runs as init (VM or PID namespace)
+	// Boot is how long the guest took to come up, when it booted as a VM's init.
+	Boot *BootTimes `json:"boot,omitempty"`
+}
+
+// BootTimes splits a VM's boot, as the guest measured it from kernel start.
+type BootTimes struct {
+	KernelMs int64 `json:"kernelMs"` // kernel start to /init
+	InitMs   int64 `json:"initMs"`   // /init to the control API listening
 }
 
 // ExecRequest asks the guest to run a program. Relative Dir is resolved against

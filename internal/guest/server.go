@@ -35,6 +35,8 @@ type ServerConfig struct {
 	// collects a status exec.Cmd is waiting for. Leave nil unless this process
 	// reaps orphans (see Reaper).
 	Reaper *Reaper
+	// Boot, when set, is reported in Health.
+	Boot *BootTimes
 }
 
 // Server is the guest side of the control protocol.
@@ -43,6 +45,7 @@ type Server struct {
 	log     *slog.Logger
 	onStop  func()
 	reaper  *Reaper
+	boot    *BootTimes
 	baseEnv []string
 
 	mu      sync.Mutex
@@ -68,6 +71,7 @@ func NewServer(cfg ServerConfig) *Server {
 		log:    log,
 		onStop: cfg.OnShutdown,
 		reaper: cfg.Reaper,
+		boot:   cfg.Boot,
 		// Deliberately not derived from this process's environment: whatever
 		// launched the guest must not leak variables (secrets) into commands.
 		baseEnv: []string{"PATH=" + defaultPath, "HOME=" + home, "TERM=dumb", "LANG=C.UTF-8"},

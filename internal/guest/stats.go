@@ -12,7 +12,7 @@ import (
 )
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	h := Health{Version: Version, Workspace: s.ws, PID1: os.Getpid() == 1}
+	h := Health{Version: Version, Workspace: s.ws, PID1: os.Getpid() == 1, Boot: s.boot}
 	h.Hostname, _ = os.Hostname()
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/execlaw/execlaw/internal/image"
+	"github.com/execlaw/execlaw/internal/sandbox/process"
+	"github.com/execlaw/execlaw/internal/version"
+)
+
+const imageUsage = `Usage: execlaw image <build|list|verify|prune> [flags]
+
+  build    build or update a guest image (kernel, initramfs, root filesystem)
+  list     show the images built, with their versions and sizes
+  verify   rehash every file of every image against its manifest
+  prune    delete files no image refers to any more
+`
+
+func imageCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, imageUsage)
+		return errors.New("no image command given")
+	}
+	fs := flag.NewFlagSet("execlaw image "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", envOr(getenv, "EXECLAW_DATA_DIR", "./data"), "data directory (EXECLAW_DATA_DIR)")
+	switch args[0] {
+	case "build":
+		var o image.BuildOptions
+		fs.StringVar(&o.Profile, "profile", "dev", "root filesystem profile: dev or minimal")
+		fs.StringVar(&o.Name, "name", "", "image name (default: the profile)")
+		fs.StringVar(&o.Distro, "distro", "bookworm", "distribution: bookworm, or noble (Ubuntu) when its mirror answers")
+		fs.StringVar(&o.Mirror, "mirror", "", "package mirror (default: the distribution's)")
+		fs.StringVar(&o.GuestBinary, "guest-bin", envOr(getenv, "EXECLAW_GUEST_BIN", ""), "static execlaw-guest for the initramfs (default: next to execlaw)")
+		fs.StringVar(&o.KernelFile, "kernel", "", "use this bzImage instead of Debian's linux-image-amd64")
+		fs.StringVar(&o.ModulesDir, "modules", "", "with --kernel: its lib/modules/<release> directory")
+		fs.StringVar(&o.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading one")
+		fs.BoolVar(&o.Force, "force", false, "rebuild everything")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if o.GuestBinary == "" {
+			var err error
+			if o.GuestBinary, err = process.FindGuestBinary(getenv); err != nil {
+				return err
+			}
+		}
+		o.DataDir, o.Version, o.Out = *dataDir, version.String(), stdout
+		_, err := image.Build(ctx, o)
+		return err
+	case "list", "verify", "prune":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		st, err := image.NewStore(*dataDir)
+		if err != nil {
+			return err
+		}
+		if args[0] == "prune" {
+			freed, err := st.Prune()
+			fmt.Fprintf(stdout, "freed %.1f MiB\n", float64(freed)/(1<<20))
+			return err
+		}
+		ms, err := st.List()
+		if err != nil {
+			return err
+		}
+		if len(ms) == 0 {
+			fmt.Fprintf(stdout, "no images in %s; run `execlaw image build`\n", filepath.Join(*dataDir, "images"))
+			return nil
+		}
+		bad := 0
+		for _, m := range ms {
+			printManifest(stdout, m)
+			if args[0] == "verify" {
+				errs := st.Verify(m)
+				for _, e := range errs {
+					fmt.Fprintf(stdout, "  FAILED: %v\n", e)
+				}
+				if len(errs) == 0 {
+					fmt.Fprintln(stdout, "  verified: every file matches its sha256")
+				}
+				bad += len(errs)
+			}
+		}
+		if bad > 0 {
+			return fmt.Errorf("%d image files failed verification; rebuild with `execlaw image build --force`", bad)
+		}
+		return nil
+	}
+	fmt.Fprint(stderr, imageUsage)
+	return fmt.Errorf("unknown image command %q", args[0])
+}
+
+func printManifest(w io.Writer, m image.Manifest) {
+	fmt.Fprintf(w, "%s: %s %s, kernel %s, built %s by execlaw %s\n", m.Name, m.Distro, m.Profile, m.Kernel.Version,
+		m.BuiltAt.Format("2006-01-02 15:04"), m.ExecLawVersion)
+	for _, c := range []struct {
+		name string
+		c    image.Component
+	}{{"kernel", m.Kernel}, {"vmlinux", m.Vmlinux}, {"initramfs", m.Initramfs}, {"rootfs", m.Rootfs}} {
+		extra := ""
+		if n := len(c.c.Items); n > 0 {
+			extra = fmt.Sprintf(", %d %s", n, map[bool]string{true: "modules", false: "packages"}[c.name == "initramfs"])
+		}
+		fmt.Fprintf(w, "  %-10s %8.1f MiB  sha256:%s%s\n", c.name, float64(c.c.Size)/(1<<20), c.c.SHA256[:min(16, len(c.c.SHA256))], extra)
+	}
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := strings.TrimSpace(getenv(name)); v != "" {
+		return v
+	}
+	return def
+}

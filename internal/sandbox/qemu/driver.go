@@ -1,0 +1,230 @@
+// Package qemu is the sandbox driver that runs each session in a QEMU microVM
+// (machine type microvm): virtio-mmio disks, NIC and control channel, no
+// PCI, no firmware menus, no monitor. It uses KVM when a probe boot has
+// shown KVM can run a guest on this host, and TCG software emulation
+// otherwise: slow, but a real VM.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+)
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// Config configures the driver.
+type Config struct {
+	// Binary is qemu-system-x86_64; empty means looking it up in $PATH.
+	Binary string
+	Image  vm.Image
+	// Accel is AccelKVM or AccelTCG.
+	Accel string
+	// Network gives sessions with network "full" their NIC; nil means
+	// such sessions are refused.
+	Network vm.NetworkProvider
+	Logger  *slog.Logger
+	// BootTimeout bounds a boot; 0 means 120s under TCG, 30s under KVM.
+	BootTimeout time.Duration
+	// DiskMiB is the size of each session's sparse writable disk.
+	DiskMiB int
+}
+
+// Driver starts QEMU sandboxes.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var _ sandbox.Driver = (*Driver)(nil)
+
+// New checks cfg.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Binary == "" {
+		p, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return nil, errors.New("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+		}
+		cfg.Binary = p
+	}
+	if cfg.Accel != AccelKVM && cfg.Accel != AccelTCG {
+		return nil, fmt.Errorf("accelerator %q: want kvm or tcg", cfg.Accel)
+	}
+	if err := cfg.Image.Check(false); err != nil {
+		return nil, err
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 120 * time.Second
+		if cfg.Accel == AccelKVM {
+			cfg.BootTimeout = 30 * time.Second
+		}
+	}
+	if cfg.DiskMiB == 0 {
+		cfg.DiskMiB = vm.DefaultDiskMiB
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{cfg: cfg, log: log.With("driver", "qemu-"+cfg.Accel)}, nil
+}
+
+// Name is "qemu-kvm" or "qemu-tcg".
+func (d *Driver) Name() string { return "qemu-" + d.cfg.Accel }
+
+// Isolated is true: the agent runs in its own VM.
+func (d *Driver) Isolated() bool { return true }
+
+// Start boots a VM for spec and returns once its guest API answers.
+func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, err error) {
+	progress := spec.Progress
+	if progress == nil {
+		progress = func(string) {}
+	}
+	if spec.Network == "full" && d.cfg.Network == nil {
+		return nil, errors.New("this server has no VM networking; create the session with network none")
+	}
+	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, done: make(chan struct{}), timings: map[string]time.Duration{}}
+	begin := time.Now()
+	defer func() {
+		if err != nil {
+			s.kill()
+			s.release(context.Background())
+		}
+	}()
+
+	progress("disk")
+	if err := vm.NewWritableDisk(ctx, filepath.Join(spec.Dir, "rw.ext4"), d.cfg.DiskMiB); err != nil {
+		return nil, err
+	}
+	boot := guest.BootConfig{Channel: "serial", Hostname: "execlaw-" + shortID(spec.SessionID)}
+	if spec.Network == "full" {
+		progress("network")
+		a, err := d.cfg.Network.Setup(ctx, spec.SessionID)
+		if err != nil {
+			return nil, fmt.Errorf("network: %w", err)
+		}
+		s.net = a
+		boot.IP, boot.Gateway, boot.DNS = a.GuestIP(), a.Gateway(), a.DNS()
+	}
+	s.timings["prepare"] = time.Since(begin)
+
+	progress("vmm")
+	cmd, err := d.command(spec, boot, s.net)
+	if err != nil {
+		return nil, err
+	}
+	logFile, err := os.OpenFile(filepath.Join(spec.Dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	vmmStart := time.Now()
+	if s.net != nil {
+		err = s.net.Start(cmd)
+	} else {
+		err = cmd.Start()
+	}
+	logFile.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	s.cmd = cmd
+	go s.wait()
+
+	s.channel = guest.NewSerialChannel(filepath.Join(spec.Dir, "ctl.sock"))
+	s.client = guest.NewClient(s.channel.Dial)
+	if err := s.waitSocket(ctx, vmmStart); err != nil {
+		return nil, err
+	}
+	s.timings["vmm"] = time.Since(vmmStart)
+
+	progress("kernel")
+	h, err := s.waitGuest(ctx, d.cfg.BootTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if h.Boot != nil {
+		s.timings["kernel"] = time.Duration(h.Boot.KernelMs) * time.Millisecond
+		s.timings["init"] = time.Duration(h.Boot.InitMs) * time.Millisecond
+	}
+	s.timings["ready"] = time.Since(begin)
+	progress("guest-api")
+	d.log.Info("VM ready", "session", spec.SessionID, "pid", cmd.Process.Pid, "boot", time.Since(begin).Round(time.Millisecond),
+		"kernel", s.timings["kernel"], "init", s.timings["init"])
+	return s, nil
+}
+
+// tcgTiming tells the guest kernel its TSC rate and loop calibration up
+// front: under TCG, calibrating them against the emulated timers can take
+// very long (and on microvm, without a PIT, hang).
+const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
+
+func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment) (*exec.Cmd, error) {
+	kargs, err := boot.KernelArgs()
+	if err != nil {
+		return nil, err
+	}
+	append_ := "console=ttyS0 quiet panic=-1 reboot=t " + kargs
+	cpu := "host"
+	if d.cfg.Accel == AccelTCG {
+		append_ += " " + tcgTiming
+		cpu = "max"
+	}
+	vcpus := max(spec.VCPUs, 1)
+	mem := max(spec.MemoryMiB, 128)
+	args := []string{
+		"-name", "execlaw-" + shortID(spec.SessionID),
+		"-machine", "microvm,rtc=on", "-accel", d.cfg.Accel,
+		"-cpu", cpu, "-smp", strconv.Itoa(vcpus), "-m", strconv.Itoa(mem),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-monitor", "none", "-display", "none",
+		// Seccomp: no new privileges, no spawning, no obsolete syscalls.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-kernel", d.cfg.Image.KernelELF, "-initrd", d.cfg.Image.Initramfs, "-append", append_,
+		"-chardev", "file,id=console,path=" + filepath.Join(spec.Dir, "console.log"),
+		"-serial", "chardev:console",
+		"-drive", "id=base,file=" + d.cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
+		"-device", "virtio-blk-device,drive=base",
+		"-drive", "id=rw,file=" + filepath.Join(spec.Dir, "rw.ext4") + ",format=raw,if=none,discard=unmap",
+		"-device", "virtio-blk-device,drive=rw",
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=ctl,path=" + filepath.Join(spec.Dir, "ctl.sock") + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=ctl,name=" + guest.SerialPortName,
+		"-object", "rng-random,id=rng,filename=/dev/urandom",
+		"-device", "virtio-rng-device,rng=rng",
+	}
+	if net != nil {
+		args = append(args,
+			"-netdev", "tap,id=net0,ifname="+net.TapName()+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev=net0,mac="+net.MAC())
+	}
+	cmd := exec.Command(d.cfg.Binary, args...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "s_")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return id
+}

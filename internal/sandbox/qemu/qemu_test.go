@@ -1,0 +1,174 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/apitest"
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+	"github.com/execlaw/execlaw/internal/testutil"
+)
+
+func newDriver(t *testing.T) (*Driver, vm.Image) {
+	t.Helper()
+	img := testutil.VMImage(t)
+	d, err := New(Config{Image: img, Accel: AccelTCG})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, img
+}
+
+func start(t *testing.T, d *Driver, ctx context.Context) (*Sandbox, string) {
+	t.Helper()
+	dir := t.TempDir()
+	sb, err := d.Start(ctx, sandbox.Spec{SessionID: "s_" + strings.Repeat("a", 20) + filepath.Base(dir), Dir: dir, VCPUs: 1, MemoryMiB: 512, Network: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Stop(context.Background()) })
+	return sb.(*Sandbox), dir
+}
+
+func run(t *testing.T, sb sandbox.Sandbox, script string) (guest.ExecResult, string) {
+	t.Helper()
+	var out bytes.Buffer
+	res, err := sb.Guest().Exec(context.Background(), guest.ExecRequest{Argv: []string{"bash", "-c", script}, TimeoutSec: 60},
+		func(_ string, b []byte) { out.Write(b) })
+	if err != nil {
+		t.Fatalf("exec %q: %v", script, err)
+	}
+	return res, out.String()
+}
+
+// A real VM boots under TCG, runs commands in its own kernel and root
+// overlay, and leaves nothing behind when stopped.
+func TestBootExecStop(t *testing.T) {
+	d, img := newDriver(t)
+	var phases []string
+	dir := t.TempDir()
+	sbi, err := d.Start(context.Background(), sandbox.Spec{SessionID: "s_bootexecstop", Dir: dir, VCPUs: 1, MemoryMiB: 512,
+		Network: "none", Progress: func(p string) { phases = append(phases, p) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := sbi.(*Sandbox)
+	if strings.Join(phases, ",") != "disk,vmm,kernel,guest-api" {
+		t.Errorf("boot phases %v", phases)
+	}
+	h, err := sb.Guest().Health(context.Background())
+	if err != nil || !h.PID1 || h.Boot == nil || h.Boot.KernelMs <= 0 || h.Workspace != "/workspace" {
+		t.Fatalf("health %+v, %v", h, err)
+	}
+	res, out := run(t, sb, "uname -r; cat /proc/1/comm; findmnt -n -o FSTYPE /; hostname")
+	lines := strings.Fields(out)
+	if res.ExitCode != 0 || len(lines) != 4 || lines[0] != img.KernelVersion || lines[2] != "overlay" || !strings.HasPrefix(lines[3], "execlaw-") {
+		t.Fatalf("in the VM: %q (kernel want %s)", out, img.KernelVersion)
+	}
+	if err := sb.Guest().Write(context.Background(), guest.WriteRequest{Path: "notes/a.txt", Data: []byte("written by the host")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, out := run(t, sb, "cat /workspace/notes/a.txt"); out != "written by the host" {
+		t.Fatalf("file written through the API reads %q in the VM", out)
+	}
+	// The writable disk is sparse: creating a session copies nothing.
+	if used, err := vm.DiskUsage(filepath.Join(dir, "rw.ext4")); err != nil || used > 64<<20 {
+		t.Errorf("writable disk uses %d bytes (%v), want a sparse file", used, err)
+	}
+	pid := sb.PID()
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if sb.ExitError() != nil {
+		t.Errorf("exit error after Stop: %v", sb.ExitError())
+	}
+	if syscall.Kill(pid, 0) == nil {
+		t.Errorf("qemu %d still running", pid)
+	}
+	for _, f := range []string{"rw.ext4", "ctl.sock"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+// Two VMs share the read-only base image and see none of each other's changes.
+func TestCopyOnWrite(t *testing.T) {
+	d, img := newDriver(t)
+	before := fileHash(t, img.Rootfs)
+	a, _ := start(t, d, context.Background())
+	b, _ := start(t, d, context.Background())
+	run(t, a, "echo from-a > /workspace/mine; echo changed > /etc/motd; rm -f /usr/bin/tac")
+	if _, out := run(t, b, "cat /workspace/mine; cat /etc/motd; test -x /usr/bin/tac && echo tac-here"); strings.Contains(out, "from-a") || strings.Contains(out, "changed") || !strings.Contains(out, "tac-here") {
+		t.Fatalf("VM b sees VM a's changes: %q", out)
+	}
+	a.Stop(context.Background())
+	b.Stop(context.Background())
+	if fileHash(t, img.Rootfs) != before {
+		t.Fatal("the shared base image changed")
+	}
+}
+
+// A VMM that dies mid-command is reported, and its sandbox cleans up.
+func TestVMMKilled(t *testing.T) {
+	d, _ := newDriver(t)
+	sb, dir := start(t, d, context.Background())
+	go sb.Guest().Exec(context.Background(), guest.ExecRequest{Argv: []string{"sleep", "600"}}, nil)
+	syscall.Kill(sb.PID(), syscall.SIGKILL)
+	select {
+	case <-sb.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("Done did not close after the VMM was killed")
+	}
+	if err := sb.ExitError(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("ExitError = %v", err)
+	}
+	sb.Stop(context.Background())
+	if pids := apitest.ProcessesMentioning(dir); len(pids) > 0 {
+		t.Fatalf("processes left: %v", pids)
+	}
+}
+
+// Giving up on a boot leaves nothing running.
+func TestStartCancelled(t *testing.T) {
+	d, _ := newDriver(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) { // cancel once QEMU is up, mid-boot
+			if len(apitest.ProcessesMentioning(dir)) > 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := d.Start(ctx, sandbox.Spec{SessionID: "s_cancelled", Dir: dir, VCPUs: 1, MemoryMiB: 256, Network: "none"})
+	if err == nil {
+		t.Fatal("Start succeeded after cancel")
+	}
+	if pids := apitest.ProcessesMentioning(dir); len(pids) > 0 {
+		t.Fatalf("processes left: %v", pids)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rw.ext4")); err == nil {
+		t.Fatal("disk left behind")
+	}
+}
+
+func fileHash(t *testing.T, p string) [32]byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}

@@ -1,0 +1,225 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+)
+
+// Sandbox is one running QEMU VM.
+type Sandbox struct {
+	d       *Driver
+	id, dir string
+	cmd     *exec.Cmd
+	net     vm.NetAttachment
+	channel *guest.SerialChannel
+	client  *guest.Client
+	timings map[string]time.Duration
+
+	done     chan struct{}
+	waitErr  error // how QEMU exited; set before done closes
+	stopping sync.Once
+	mu       sync.Mutex
+	stopped  bool // Stop was called: an exit is expected
+	released bool
+}
+
+// Guest is the control-protocol client.
+func (s *Sandbox) Guest() *guest.Client { return s.client }
+
+// Workspace is where the agent works inside the VM.
+func (s *Sandbox) Workspace() string { return "/workspace" }
+
+// Done is closed when QEMU has exited.
+func (s *Sandbox) Done() <-chan struct{} { return s.done }
+
+// PID is QEMU's process id.
+func (s *Sandbox) PID() int { return s.cmd.Process.Pid }
+
+// Timings is how long each boot phase took: prepare, vmm, kernel, init, ready.
+func (s *Sandbox) Timings() map[string]time.Duration { return s.timings }
+
+// ExitError says why QEMU exited on its own; nil before it exits and after Stop.
+func (s *Sandbox) ExitError() error {
+	select {
+	case <-s.done:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return nil
+	}
+	msg := "the VM exited"
+	if s.waitErr != nil {
+		msg += ": " + s.waitErr.Error()
+	}
+	if tail := s.logTail(); tail != "" {
+		msg += " (" + tail + ")"
+	}
+	return errors.New(msg)
+}
+
+func (s *Sandbox) wait() {
+	err := s.cmd.Wait()
+	s.mu.Lock()
+	s.waitErr = err
+	s.mu.Unlock()
+	close(s.done)
+}
+
+// logTail is the end of QEMU's own log and the guest console, bounded: they
+// explain a failed boot. They are shown to the user, never parsed.
+func (s *Sandbox) logTail() string {
+	var parts []string
+	for _, name := range []string{"qemu.log", "console.log"} {
+		b, err := readTail(filepath.Join(s.dir, name), 600)
+		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			parts = append(parts, name+": "+strings.Join(strings.Fields(string(b)), " "))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	_, err = f.ReadAt(b, off)
+	return []byte(strings.ToValidUTF8(string(b), "?")), err
+}
+
+// waitSocket waits for QEMU to create the control socket.
+func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
+	path := filepath.Join(s.dir, "ctl.sock")
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			return fmt.Errorf("qemu exited at start: %v (%s)", s.waitErr, s.logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("qemu did not open its control socket within 30s (%s)", s.logTail())
+		case <-tick.C:
+		}
+	}
+}
+
+// waitGuest waits for the guest API to answer. One request is enough: the
+// serial channel holds it until the guest opens its end.
+func (s *Sandbox) waitGuest(ctx context.Context, timeout time.Duration) (guest.Health, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type result struct {
+		h   guest.Health
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		h, err := s.client.Health(ctx)
+		res <- result{h, err}
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			if ctx.Err() != nil {
+				return guest.Health{}, fmt.Errorf("the guest did not answer within %s (%s)", timeout, s.logTail())
+			}
+			return guest.Health{}, fmt.Errorf("guest: %w", r.err)
+		}
+		return r.h, nil
+	case <-s.done:
+		return guest.Health{}, fmt.Errorf("the VM exited while booting: %v (%s)", s.waitErr, s.logTail())
+	}
+}
+
+// Stop shuts the VM down and frees everything it holds. The guest is asked
+// to power off first, so its disk is clean; QEMU is killed if it does not
+// exit in time.
+func (s *Sandbox) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	s.stopping.Do(func() {
+		select {
+		case <-s.done:
+		default:
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			err := s.client.Shutdown(sctx)
+			cancel()
+			if err == nil {
+				select {
+				case <-s.done:
+				case <-time.After(5 * time.Second):
+				case <-ctx.Done():
+				}
+			}
+		}
+		s.kill()
+	})
+	<-s.done
+	return s.release(ctx)
+}
+
+// kill ends QEMU and anything in its process group.
+func (s *Sandbox) kill() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		s.d.log.Error("qemu did not exit after SIGKILL", "session", s.id, "pid", s.cmd.Process.Pid)
+	}
+}
+
+// release frees host resources; safe to call more than once.
+func (s *Sandbox) release(ctx context.Context) error {
+	s.mu.Lock()
+	if s.released {
+		s.mu.Unlock()
+		return nil
+	}
+	s.released = true
+	s.mu.Unlock()
+	if s.client != nil {
+		s.client.Close()
+	}
+	if s.channel != nil {
+		s.channel.Close()
+	}
+	var err error
+	if s.net != nil {
+		err = s.d.cfg.Network.Teardown(ctx, s.net)
+	}
+	os.Remove(filepath.Join(s.dir, "ctl.sock"))
+	os.Remove(filepath.Join(s.dir, "rw.ext4"))
+	return err
+}

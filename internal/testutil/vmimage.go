@@ -1,0 +1,74 @@
+package testutil
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/execlaw/execlaw/internal/image"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+)
+
+// TestImageDirEnv overrides where VMImage keeps its images.
+const TestImageDirEnv = "EXECLAW_TEST_IMAGES"
+
+var vmImage struct {
+	mu  sync.Mutex
+	img vm.Image
+}
+
+// VMImage builds (or brings up to date) the "minimal" guest image for tests
+// and returns it. Its kernel and root filesystem are kept between runs in
+// /var/tmp/execlaw-test-images (or $EXECLAW_TEST_IMAGES), so only the first
+// run on a machine pays for debootstrap; the initramfs is rebuilt whenever
+// execlaw-guest changed. Test processes of different packages share the
+// directory under a file lock.
+func VMImage(tb testing.TB) vm.Image {
+	tb.Helper()
+	vmImage.mu.Lock()
+	defer vmImage.mu.Unlock()
+	if vmImage.img.Kernel != "" {
+		return vmImage.img
+	}
+	dir := os.Getenv(TestImageDirEnv)
+	if dir == "" {
+		dir = filepath.Join("/var/tmp", "execlaw-test-images")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		tb.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+
+	var out io.Writer = io.Discard
+	if testing.Verbose() {
+		out = os.Stderr
+	}
+	_, err = image.Build(context.Background(), image.BuildOptions{
+		DataDir: dir, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
+	})
+	if err != nil {
+		tb.Fatalf("building the test guest image (needs root, debootstrap and apt): %v", err)
+	}
+	st, err := image.NewStore(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	img, _, err := st.VMImage("minimal")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vmImage.img = img
+	return img
+}
