@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/execlaw/execlaw/internal/version.Version=$(VERSION)
 
-.PHONY: build test vet fmt-check bench run clean
+.PHONY: build test vet fmt-check bench run clean screenshots vendor-web
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
@@ -21,6 +21,15 @@ fmt-check:
 # Figures, not pass/fail: event fan-out throughput and delay.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
+
+# Pictures of the web UI's main views for the README (headless Chromium, the
+# fake LLM), written to docs/screenshots/.
+screenshots:
+	EXECLAW_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestScreenshots$$' ./internal/webtest/
+
+# Fetch the vendored browser libraries again from npm (pinned versions).
+vendor-web:
+	scripts/vendor-web.sh
 
 run: build
 	bin/execlaw serve

@@ -32,9 +32,12 @@ apt_install() {
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-packages=(ca-certificates git make)
-# The race detector in `go test -race` needs cgo, so a C compiler.
-[ $want_test -eq 1 ] && packages+=(gcc libc6-dev)
+# QEMU runs the sandboxes; debootstrap and e2fsprogs build the guest image;
+# dpkg-deb (in dpkg) unpacks the kernel package.
+packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs)
+# The race detector in `go test -race` needs cgo, so a C compiler; the
+# browser tests drive Debian's Chromium.
+[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium)
 apt_install "${packages[@]}"
 
 # Go: any toolchain from 1.21 on can build the project, because it fetches the

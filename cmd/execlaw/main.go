@@ -31,6 +31,7 @@ const usage = `Usage: execlaw <command> [flags]
 Commands:
   serve     run the server (execlaw serve --help for its flags)
   image     build, list and verify guest images (execlaw image for details)
+  doctor    show which sandbox this host can run, and why
   version   print the version
 `
 
@@ -42,6 +43,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "doctor":
+		return doctor(ctx, args[1:], getenv, stdout, stderr)
 	case "image":
 		return imageCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":

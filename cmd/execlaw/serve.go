@@ -19,8 +19,11 @@ import (
 
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/network"
 	"github.com/execlaw/execlaw/internal/sandbox"
-	"github.com/execlaw/execlaw/internal/sandbox/process"
+	"github.com/execlaw/execlaw/internal/sandbox/detect"
+	"github.com/execlaw/execlaw/internal/sandbox/firecracker"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/session"
 	"github.com/execlaw/execlaw/internal/store"
 	"github.com/execlaw/execlaw/internal/version"
@@ -38,6 +41,7 @@ type serveConfig struct {
 	MaxSessions   int
 	MemoryPercent float64
 	GuestBin      string
+	Image         string
 	MaxSteps      int
 	LLMRetries    int
 	LogLevel      string
@@ -58,6 +62,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.Sandbox, "sandbox", env("EXECLAW_SANDBOX", "auto"), "sandbox driver: auto, process, qemu or firecracker (EXECLAW_SANDBOX)")
 	fs.StringVar(&c.Auth, "auth", env("EXECLAW_AUTH", "token"), "authentication: token, none (loopback only) or exedev (EXECLAW_AUTH)")
 	fs.StringVar(&c.Token, "token", env("EXECLAW_TOKEN", ""), "access token for --auth token; generated and stored in the data directory if empty (EXECLAW_TOKEN)")
+	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
 	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
 	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
 	intFlag := func(p *int, name, envName string, def int, help string) error {
@@ -137,11 +142,27 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	driver, reason, err := chooseDriver(cfg.Sandbox, cfg.GuestBin, getenv, log)
+	hostNet := vm.NewHostNetwork(network.Config{Logger: log})
+	defer func() {
+		if err := hostNet.Close(); err != nil {
+			log.Error("remove VM networking", "err", err)
+		}
+	}()
+	driver, report, err := detect.Choose(ctx, detect.Options{
+		Requested: cfg.Sandbox, DataDir: dataDir, ImageName: cfg.Image, GuestBin: cfg.GuestBin,
+		Getenv: getenv, Logger: log, Network: hostNet, Firecracker: firecrackerDriver(log, hostNet),
+	})
 	if err != nil {
 		return err
 	}
+	reason := report.Reason
 	log.Info("sandbox driver chosen", "driver", driver.Name(), "isolated", driver.Isolated(), "why", reason)
+	if driver.Isolated() {
+		// Set up VM networking now, and clear what a crashed run left.
+		if err := hostNet.Init(ctx); err != nil {
+			log.Warn("VM networking unavailable: sessions need network none", "err", err)
+		}
+	}
 
 	st, err := store.Open(ctx, filepath.Join(dataDir, "execlaw.db"))
 	if err != nil {
@@ -207,32 +228,6 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	return err
 }
 
-// chooseDriver picks the sandbox driver and says why.
-func chooseDriver(name, guestBin string, getenv func(string) string, log *slog.Logger) (sandbox.Driver, string, error) {
-	switch name {
-	case "auto", "process":
-	case "qemu", "firecracker":
-		return nil, "", fmt.Errorf("--sandbox %s: this build has no %s driver yet; use --sandbox process", name, name)
-	default:
-		return nil, "", fmt.Errorf("--sandbox must be auto, process, qemu or firecracker, not %q", name)
-	}
-	if guestBin == "" {
-		var err error
-		if guestBin, err = process.FindGuestBinary(getenv); err != nil {
-			return nil, "", err
-		}
-	}
-	d, err := process.New(process.Config{GuestBinary: guestBin, Logger: log})
-	if err != nil {
-		return nil, "", err
-	}
-	reason := "requested with --sandbox process"
-	if name == "auto" {
-		reason = "no microVM driver is available in this build, so the process driver is used; it does not isolate agents from the host"
-	}
-	return d, reason, nil
-}
-
 // loadOrCreateToken returns the token stored at path, making one the first time.
 func loadOrCreateToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
@@ -252,4 +247,12 @@ func loadOrCreateToken(path string) (string, error) {
 		return "", fmt.Errorf("store token: %w", err)
 	}
 	return token, nil
+}
+
+// firecrackerDriver builds the firecracker driver once detection has found
+// its binary and a KVM that runs guests.
+func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider) func(string, vm.Image) (sandbox.Driver, error) {
+	return func(bin string, img vm.Image) (sandbox.Driver, error) {
+		return firecracker.New(firecracker.Config{Binary: bin, Image: img, Logger: log, Network: net})
+	}
 }

@@ -253,3 +253,19 @@ func TestStreamHeartbeat(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A client resuming at the newest event is answered at once, not at the next
+// event or heartbeat (the browser shows "connected" from the headers).
+func TestStreamResumeAtNewestAnswersAtOnce(t *testing.T) {
+	fake := llmtest.NewAnthropic().Attach(t)
+	h := apitest.New(t, apitest.Options{Heartbeat: time.Hour})
+	s := h.AnthropicSession(fake, nil)
+	v := h.WaitState(s.ID, "active")
+	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 20 * time.Second}}
+	hdr := h.AuthHeader()
+	hdr.Set("Last-Event-ID", strconv.FormatInt(v.LastEventID, 10))
+	st := testutil.OpenSSE(t, client, h.URL("/api/sessions/"+s.ID+"/stream"), hdr)
+	if n := len(st.Events()); n != 0 {
+		t.Fatalf("resumed at the newest event but got %d events", n)
+	}
+}

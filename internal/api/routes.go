@@ -32,10 +32,12 @@ func (s *Server) routes() http.Handler {
 	r.handle("POST", "/api/sessions/{id}/email", user(s.handle(s.handleEmail)))
 	r.handle("GET", "/api/sessions/{id}/transcript", user(s.handle(s.handleTranscript)))
 	r.handle("DELETE", "/api/sessions/{id}", user(s.handle(s.handleDeleteSession)))
+	r.handle("PATCH", "/api/sessions/{id}", user(s.handle(s.handleRenameSession)))
 	r.handle("POST", "/api/exedev/new", user(s.handle(s.handleExeDevNew)))
 
 	r.handle("GET", "/{$}", user(s.handle(s.handleIndex)))
-	r.handle("GET", "/static/", user(s.handle(s.handleStatic)))
+	static := s.handle(s.handleStatic)
+	r.handle("GET", "/static/", loginAssets(static, user(static)))
 
 	r.fallbacks()
 	mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
@@ -44,6 +46,19 @@ func (s *Server) routes() http.Handler {
 
 	protect := http.NewCrossOriginProtection()
 	return s.accessLog(securityHeaders(protect.Handler(mux)))
+}
+
+// loginAssets serves what the login page loads to anyone, and everything else
+// under /static/ only to signed-in users.
+func loginAssets(public, private http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/static/css/login.css", "/static/img/icon.svg":
+			public.ServeHTTP(w, r)
+		default:
+			private.ServeHTTP(w, r)
+		}
+	})
 }
 
 // router registers method patterns and answers other methods on the same

@@ -58,6 +58,31 @@ func (s *Server) handleSessionStatus(w http.ResponseWriter, r *http.Request) err
 	return nil
 }
 
+// renameRequest is the body of PATCH /api/sessions/{id}.
+type renameRequest struct {
+	Name *string `json:"name"`
+}
+
+func (s *Server) handleRenameSession(w http.ResponseWriter, r *http.Request) error {
+	id, err := sessionID(r)
+	if err != nil {
+		return err
+	}
+	var req renameRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Name == nil {
+		return errorf(http.StatusBadRequest, `body must be {"name": "..."}`)
+	}
+	v, err := s.sessions.Rename(r.Context(), userFrom(r.Context()), id, *req.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
 type inputRequest struct {
 	Message string `json:"message"`
 }

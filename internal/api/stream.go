@@ -59,6 +59,11 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 		return rc.Flush()
 	}
 	fmt.Fprintf(bw, "retry: 1000\n\n")
+	// Send the headers now: a client resuming at the newest event would
+	// otherwise wait for the next event or heartbeat to learn it is connected.
+	if err := flush(); err != nil {
+		return nil
+	}
 
 	last := after
 	for last < upTo {

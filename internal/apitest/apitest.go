@@ -22,6 +22,7 @@ import (
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/process"
 	"github.com/execlaw/execlaw/internal/session"
 	"github.com/execlaw/execlaw/internal/store"
@@ -42,6 +43,8 @@ type Options struct {
 	MaxSteps    int
 	Heartbeat   time.Duration
 	Platform    api.Platform
+	// Driver replaces the default process driver (built from the test guest binary).
+	Driver sandbox.Driver
 }
 
 // Harness is one running server.
@@ -81,9 +84,12 @@ func (h *Harness) Start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	driver, err := process.New(process.Config{GuestBinary: testutil.GuestBinary(t), Logger: log})
-	if err != nil {
-		t.Fatal(err)
+	driver := h.Opts.Driver
+	if driver == nil {
+		var err error
+		if driver, err = process.New(process.Config{GuestBinary: testutil.GuestBinary(t), Logger: log}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mgr := session.NewManager(session.Config{
 		DataDir: h.DataDir, MaxSessions: h.Opts.MaxSessions, MemoryLimitPercent: h.Opts.MemPercent,

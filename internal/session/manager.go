@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -396,6 +397,39 @@ func (m *Manager) Delete(ctx context.Context, user User, id string) error {
 	}
 	s.terminate(StateStopped, 0, "ended by the user")
 	return nil
+}
+
+// Rename gives one of user's sessions a new name, running or not, and returns
+// it as it is now. The name is checked like a new session's, but must not be
+// empty.
+func (m *Manager) Rename(ctx context.Context, user User, id, name string) (View, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return View{}, invalid("name must not be empty")
+	}
+	if err := validateName(name); err != nil {
+		return View{}, err
+	}
+	s, running, err := m.Get(ctx, user, id)
+	if err != nil {
+		return View{}, err
+	}
+	if running {
+		// The record and the store change under the session's lock, so a
+		// concurrent state change cannot write back the old name.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err := m.store.Rename(ctx, id, name); err != nil {
+			return View{}, err
+		}
+		s.rec.Name = name
+		rec := s.rec
+		return viewOf(rec, s.bus.LastSeq(), time.Now()), nil
+	}
+	if err := m.store.Rename(ctx, id, name); err != nil {
+		return View{}, err
+	}
+	return m.View(ctx, user, id)
 }
 
 // Events returns stored events of a session after seq.

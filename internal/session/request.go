@@ -116,8 +116,8 @@ func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
 	if name == "" {
 		name = randomName()
 	}
-	if utf8.RuneCountInString(name) > MaxNameLen || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
-		return rec, set, llm.Secret{}, invalid("name must be at most %d printable characters", MaxNameLen)
+	if err := validateName(name); err != nil {
+		return rec, set, llm.Secret{}, err
 	}
 	if len(r.SystemPrompt) > MaxSystemPromptLen || !utf8.ValidString(r.SystemPrompt) {
 		return rec, set, llm.Secret{}, invalid("systemPrompt must be valid UTF-8 of at most %d bytes", MaxSystemPromptLen)
@@ -190,6 +190,15 @@ func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
 		Config: raw, IdleTimeoutMin: idle,
 	}
 	return rec, set, llm.NewSecret(key), nil
+}
+
+// validateName checks a session name, already trimmed: creating and renaming
+// a session accept the same names.
+func validateName(name string) error {
+	if utf8.RuneCountInString(name) > MaxNameLen || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
+		return invalid("name must be at most %d printable characters", MaxNameLen)
+	}
+	return nil
 }
 
 func parseSettings(raw json.RawMessage) settings {

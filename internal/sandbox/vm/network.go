@@ -22,6 +22,8 @@ type NetAttachment interface {
 	Gateway() netip.Addr
 	DNS() []netip.Addr
 	// Start starts cmd (the VMM) inside the session's network namespace,
-	// where the TAP device is.
+	// where the TAP device is. Pdeathsig is tied to the OS thread that forks,
+	// so Start must fork from a thread that lives on (switch back and unlock
+	// afterwards), or the VMM dies when that thread exits.
 	Start(cmd *exec.Cmd) error
 }

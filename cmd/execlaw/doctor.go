@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/execlaw/execlaw/internal/network"
+	"github.com/execlaw/execlaw/internal/sandbox/detect"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+)
+
+// doctor prints what this host offers for sandboxes, which driver serve would
+// pick, and why.
+func doctor(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("execlaw doctor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", envOr(getenv, "EXECLAW_DATA_DIR", "./data"), "data directory (EXECLAW_DATA_DIR)")
+	img := fs.String("image", envOr(getenv, "EXECLAW_IMAGE", "dev"), "guest image (EXECLAW_IMAGE)")
+	sandbox := fs.String("sandbox", envOr(getenv, "EXECLAW_SANDBOX", "auto"), "driver to check for (EXECLAW_SANDBOX)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	quick := fs.Bool("quick", false, "do not boot a probe VM under KVM")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	_, report, err := detect.Choose(ctx, detect.Options{
+		Requested: *sandbox, DataDir: dir, ImageName: *img, Getenv: getenv, SkipProbe: *quick,
+		Network: vm.NewHostNetwork(network.Config{}),
+	})
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if encErr := enc.Encode(report); encErr != nil {
+			return encErr
+		}
+		return err
+	}
+	for _, f := range report.Findings {
+		mark := "no "
+		if f.OK {
+			mark = "yes"
+		}
+		fmt.Fprintf(stdout, "  [%s] %-18s %s\n", mark, f.Check, f.Detail)
+	}
+	if err != nil {
+		fmt.Fprintf(stdout, "\nNo driver: %v\n", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "\nSandbox driver: %s\nWhy: %s\n", report.Driver, report.Reason)
+	return nil
+}

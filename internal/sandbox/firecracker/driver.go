@@ -1,0 +1,344 @@
+// Package firecracker is the sandbox driver that runs each session in a
+// Firecracker microVM, optionally under Firecracker's jailer.
+//
+// The driver talks to Firecracker's REST API on its --api-sock Unix socket
+// (api.go), boots the guest image (uncompressed vmlinux, the execlaw
+// initramfs, the shared read-only base rootfs and a per-session sparse
+// writable disk), and reaches the guest's control API over hybrid vsock
+// (vsock.go): a Unix socket on the host, AF_VSOCK port 1024 in the guest.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
+)
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the firecracker executable.
+	Binary string
+	// JailerBinary, when set, runs Firecracker through the jailer: chrooted
+	// under the session directory, as JailerUID/JailerGID. Needs root.
+	JailerBinary string
+	// JailerUID and JailerGID are what the jailer drops to; both must be
+	// non-zero when JailerBinary is set.
+	JailerUID, JailerGID int
+	// JailerArgs are extra jailer flags (e.g. --cgroup-version 2 --cgroup
+	// cpu.max=...), placed before the "--" that ends the jailer's own.
+	JailerArgs []string
+	// Image is the guest image; Firecracker boots Image.KernelELF.
+	Image  vm.Image
+	Logger *slog.Logger
+	// BootTimeout bounds how long Start waits, after InstanceStart, for the
+	// guest's control API to answer; 0 means 60s.
+	BootTimeout time.Duration
+	// Network provides TAP devices; nil means sessions get no network, even
+	// when they ask for "full".
+	Network NetworkProvider
+}
+
+const (
+	defaultBootTimeout = 60 * time.Second
+	defaultVCPUs       = 1
+	defaultMemoryMiB   = 512
+	maxVCPUs           = 32 // machine-config's vcpu_count maximum
+
+	apiSockName   = "fc.sock"
+	vsockSockName = "v.sock"
+	logName       = "firecracker.log"
+	diskName      = "rw.ext4"
+	jailDirName   = "jail"
+
+	// guestCID is the guest's vsock context id. Hybrid vsock never touches
+	// the host's vhost-vsock, so CIDs need not be unique across VMs; 3 is
+	// the first one that is not reserved.
+	guestCID = 3
+
+	// Drive and interface ids (Firecracker allows letters, digits and _).
+	// The guest sees drives in the order they are added: vda is the base,
+	// vdb the writable disk (labelled execlaw-rw by vm.NewWritableDisk).
+	driveRootfs = "rootfs"
+	driveRW     = "rw"
+	ifaceID     = "eth0"
+
+	// baseBootArgs: the console is the VMM's stdout (firecracker.log);
+	// reboot=k makes a guest reboot a keyboard-controller reset, which is
+	// what ends Firecracker (it has no ACPI, so a power-off would leave the
+	// VMM running); panic=1 turns a guest panic into that reboot; there is
+	// no PCI bus to probe.
+	baseBootArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet"
+)
+
+// timeouts are the driver's internal bounds; tests shorten them.
+type timeouts struct {
+	apiReady   time.Duration // the VMM's API to answer after exec
+	poll       time.Duration // between readiness probes
+	probe      time.Duration // one guest Health probe while booting
+	shutdown   time.Duration // guest Shutdown until the VMM exits
+	ctrlAltDel time.Duration // SendCtrlAltDel until the VMM exits
+	kill       time.Duration // reaping after SIGKILL
+	teardown   time.Duration // network Teardown
+}
+
+var defaultTimeouts = timeouts{
+	apiReady:   10 * time.Second,
+	poll:       20 * time.Millisecond,
+	probe:      2 * time.Second,
+	shutdown:   5 * time.Second,
+	ctrlAltDel: 3 * time.Second,
+	kill:       5 * time.Second,
+	teardown:   15 * time.Second,
+}
+
+// Driver starts Firecracker sandboxes.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+	t   timeouts
+}
+
+var _ sandbox.Driver = (*Driver)(nil)
+
+// New checks cfg and returns a driver.
+func New(cfg Config) (*Driver, error) {
+	var err error
+	if cfg.Binary == "" {
+		return nil, errors.New("firecracker driver: no firecracker binary configured")
+	}
+	if cfg.Binary, err = executable(cfg.Binary); err != nil {
+		return nil, fmt.Errorf("firecracker driver: %w", err)
+	}
+	if cfg.JailerBinary != "" {
+		if cfg.JailerBinary, err = executable(cfg.JailerBinary); err != nil {
+			return nil, fmt.Errorf("firecracker driver: jailer: %w", err)
+		}
+		// The jailer refuses any other exec file.
+		if !strings.Contains(filepath.Base(cfg.Binary), "firecracker") {
+			return nil, fmt.Errorf("firecracker driver: the jailer only runs a binary whose name contains \"firecracker\", not %q", filepath.Base(cfg.Binary))
+		}
+		if cfg.JailerUID <= 0 || cfg.JailerGID <= 0 {
+			return nil, errors.New("firecracker driver: the jailer needs a non-root JailerUID and JailerGID")
+		}
+		if os.Geteuid() != 0 {
+			return nil, errors.New("firecracker driver: the jailer needs root")
+		}
+	}
+	if err := cfg.Image.Check(true); err != nil {
+		return nil, fmt.Errorf("firecracker driver: %w", err)
+	}
+	// Absolute, because Firecracker runs in the session directory.
+	for _, p := range []*string{&cfg.Image.KernelELF, &cfg.Image.Initramfs, &cfg.Image.Rootfs} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return nil, fmt.Errorf("firecracker driver: %w", err)
+		}
+	}
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = defaultBootTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{cfg: cfg, log: log.With("driver", "firecracker"), t: defaultTimeouts}, nil
+}
+
+func executable(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("%s is not an executable file", abs)
+	}
+	return abs, nil
+}
+
+// Name implements sandbox.Driver.
+func (d *Driver) Name() string { return "firecracker" }
+
+// Isolated implements sandbox.Driver: a microVM is a security boundary.
+func (d *Driver) Isolated() bool { return true }
+
+// layout is where one VM's files are: on the host, and as Firecracker names
+// them (inside the jail, or relative to its working directory).
+type layout struct {
+	dir      string // the session directory
+	rwHost   string // the writable disk, on the host
+	logPath  string
+	jailBase string // the jailer's --chroot-base-dir; empty without the jailer
+	socks    *sockDir
+
+	// Firecracker's names.
+	apiSock, vsockUDS, kernel, initrd, rootfs, rw string
+}
+
+// Start implements sandbox.Driver.
+func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	sb, err := d.start(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
+	}
+	return sb, nil
+}
+
+func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error) {
+	progress := func(phase string) {
+		if spec.Progress != nil {
+			spec.Progress(phase)
+		}
+	}
+	if spec.Dir == "" {
+		return nil, errors.New("spec has no Dir")
+	}
+	dir, err := filepath.Abs(spec.Dir)
+	if err != nil {
+		return nil, err
+	}
+	mc, err := machineConfig(spec)
+	if err != nil {
+		return nil, err
+	}
+	var wantNet bool
+	switch spec.Network {
+	case "full":
+		wantNet = d.cfg.Network != nil
+	case "none", "":
+	default:
+		return nil, fmt.Errorf("network %q: want full or none", spec.Network)
+	}
+	id := vmID(spec.SessionID)
+	log := d.log.With("session", spec.SessionID)
+	if spec.Network == "full" && !wantNet {
+		log.Warn("session asked for network but the driver has no network provider; starting without")
+	}
+
+	l := &layout{dir: dir, rwHost: filepath.Join(dir, diskName), logPath: filepath.Join(dir, logName)}
+	sb := &Sandbox{
+		log:     log,
+		t:       d.t,
+		l:       l,
+		netProv: d.cfg.Network,
+		exited:  make(chan struct{}),
+		done:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+
+	// The writable disk: sparse, so this never copies anything.
+	if err := vm.NewWritableDisk(ctx, l.rwHost, vm.DefaultDiskMiB); err != nil {
+		return nil, fmt.Errorf("writable disk: %w", err)
+	}
+	if err := d.placeFiles(l, id); err != nil {
+		return nil, sb.abort(err)
+	}
+	sb.api = newClient(l.socks.dialer(apiSockName))
+	sb.dial = vsockDialer(l.socks.dialer(vsockSockName), guest.DefaultVsockPort, defaultHandshakeTimeout)
+	sb.client = guest.NewClient(sb.dial)
+
+	if wantNet {
+		att, err := d.cfg.Network.Setup(ctx, spec.SessionID)
+		if err != nil {
+			return nil, sb.abort(fmt.Errorf("network setup: %w", err))
+		}
+		sb.att = att
+	}
+	bootArgs, err := kernelArgs(sb.att)
+	if err != nil {
+		return nil, sb.abort(err)
+	}
+
+	progress("vmm")
+	if err := sb.startVMM(d.command(l, id)); err != nil {
+		return nil, sb.abort(err)
+	}
+	log.Info("firecracker started", "pid", sb.pid, "jailed", l.jailBase != "", "dir", dir)
+
+	if err := sb.waitAPI(ctx); err != nil {
+		return nil, sb.abort(err)
+	}
+	progress("configure")
+	if err := d.configure(ctx, sb, mc, bootArgs, spec.SessionID); err != nil {
+		return nil, sb.abort(err)
+	}
+	progress("kernel")
+	if err := sb.api.Action(ctx, ActionInstanceStart); err != nil {
+		return nil, sb.abort(err)
+	}
+	if err := sb.waitGuest(ctx, d.cfg.BootTimeout, func() { progress("guest-api") }); err != nil {
+		return nil, sb.abort(err)
+	}
+	log.Info("guest ready")
+	return sb, nil
+}
+
+// placeFiles fills in l: the jail (if any), the socket directory, and the
+// names Firecracker gets.
+func (d *Driver) placeFiles(l *layout, id string) error {
+	if d.cfg.JailerBinary != "" {
+		l.jailBase = filepath.Join(l.dir, jailDirName)
+		root, err := d.prepareJail(l.jailBase, id, l.rwHost)
+		if err != nil {
+			return err
+		}
+		if l.socks, err = openSockDir(root, len(vsockSockName)); err != nil {
+			return err
+		}
+		// Paths as the chrooted Firecracker sees them.
+		l.apiSock, l.vsockUDS = "/"+apiSockName, "/"+vsockSockName
+		l.kernel, l.initrd, l.rootfs, l.rw = "/"+jailKernel, "/"+jailInitrd, "/"+jailRootfs, "/"+jailRW
+		return nil
+	}
+	var err error
+	if l.socks, err = openSockDir(l.dir, len(vsockSockName)); err != nil {
+		return err
+	}
+	// Firecracker runs in l.dir, so a relative name works where the absolute
+	// path would not fit in a socket address.
+	l.apiSock, l.vsockUDS = apiSockName, vsockSockName
+	if l.socks.short() {
+		l.apiSock, l.vsockUDS = l.socks.path(apiSockName), l.socks.path(vsockSockName)
+	}
+	im := d.cfg.Image
+	l.kernel, l.initrd, l.rootfs, l.rw = im.KernelELF, im.Initramfs, im.Rootfs, l.rwHost
+	return nil
+}
+
+// command is the VMM's command line: firecracker itself, or the jailer.
+func (d *Driver) command(l *layout, id string) *exec.Cmd {
+	var cmd *exec.Cmd
+	if l.jailBase != "" {
+		cmd = exec.Command(d.cfg.JailerBinary, d.jailerArgs(id, l.jailBase)...)
+	} else {
+		cmd = exec.Command(d.cfg.Binary, "--api-sock", l.apiSock, "--id", id)
+	}
+	cmd.Dir = l.dir
+	// Never the server's environment: it holds API keys. Firecracker needs
+	// none (and the jailer clears it anyway).
+	cmd.Env = []string{}
+	cmd.WaitDelay = time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// Its own group, so that Stop's SIGKILL reaches whatever it forked.
+		Setpgid: true,
+		// The VMM dies with the server. Linux ties this to the forking
+		// thread (see NetAttachment.Start) and clears it when the process
+		// changes credentials, which the jailer does: a jailed VMM outlives
+		// a crashed server.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	return cmd
+}

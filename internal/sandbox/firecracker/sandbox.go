@@ -1,0 +1,390 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox"
+)
+
+// workspace is where the guest init puts the agent's working directory.
+const workspace = "/workspace"
+
+// Sandbox is one Firecracker microVM.
+type Sandbox struct {
+	log     *slog.Logger
+	t       timeouts
+	l       *layout
+	api     *Client
+	dial    guest.Dialer
+	client  *guest.Client
+	netProv NetworkProvider
+	att     NetAttachment // nil without network
+
+	cmd     *exec.Cmd // nil until the VMM is started
+	pid     int
+	logFile *os.File
+
+	exited  chan struct{} // closed once the VMM has been reaped
+	waitErr error         // how it ended; written before exited is closed
+	done    chan struct{} // closed after exited, once host resources are released
+
+	mu       sync.Mutex
+	stopping bool  // Stop (or a failed Start) is ending the VMM
+	crashErr error // set before done is closed when the VMM ended on its own
+
+	releaseOnce sync.Once
+	releaseErr  error // written inside releaseOnce
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+	stopErr  error // written before stopped is closed
+}
+
+var _ sandbox.Sandbox = (*Sandbox)(nil)
+
+// Guest implements sandbox.Sandbox.
+func (s *Sandbox) Guest() *guest.Client { return s.client }
+
+// Workspace implements sandbox.Sandbox.
+func (s *Sandbox) Workspace() string { return workspace }
+
+// Done implements sandbox.Sandbox. It is closed once the VMM has exited and
+// the host resources (sockets, jail, network) have been released.
+func (s *Sandbox) Done() <-chan struct{} { return s.done }
+
+// Instance asks the VMM for its state (GET /).
+func (s *Sandbox) Instance(ctx context.Context) (InstanceInfo, error) {
+	return s.api.DescribeInstance(ctx)
+}
+
+// ExitError implements sandbox.Sandbox.
+func (s *Sandbox) ExitError() error {
+	select {
+	case <-s.done:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return nil
+	}
+	return s.crashErr
+}
+
+// startVMM starts cmd, its output going to the capped log file.
+func (s *Sandbox) startVMM(cmd *exec.Cmd) error {
+	f, err := os.OpenFile(s.l.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("log file: %w", err)
+	}
+	w := newCappedWriter(f, maxLogBytes)
+	cmd.Stdout, cmd.Stderr = w, w
+	if s.att != nil {
+		err = s.att.Start(cmd)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("starting %s: %w", filepath.Base(cmd.Path), err)
+	}
+	s.cmd, s.pid, s.logFile = cmd, cmd.Process.Pid, f
+	go s.wait()
+	return nil
+}
+
+func (s *Sandbox) wait() {
+	err := s.cmd.Wait()
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	s.logFile.Close() // Wait has finished copying the VMM's output
+	s.mu.Lock()
+	s.waitErr = err
+	crashed := !s.stopping
+	if crashed {
+		s.crashErr = withTail(fmt.Errorf("firecracker: the VMM exited on its own: %v", err), s.l.logPath)
+	}
+	s.mu.Unlock()
+	close(s.exited)
+	if crashed {
+		s.log.Warn("firecracker exited", "pid", s.pid, "status", err)
+	} else {
+		s.log.Info("firecracker exited", "pid", s.pid, "status", err)
+	}
+	s.release()
+	close(s.done)
+}
+
+// hasExited reports whether the VMM has been reaped.
+func (s *Sandbox) hasExited() bool {
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExited waits up to d for the VMM to be reaped.
+func (s *Sandbox) waitExited(d time.Duration) bool {
+	if s.hasExited() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.exited:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *Sandbox) exitStatus() error {
+	<-s.exited
+	return s.waitErr
+}
+
+// waitAPI polls GET / until the VMM's API answers.
+func (s *Sandbox) waitAPI(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, s.t.apiReady)
+	defer cancel()
+	tick := time.NewTicker(s.t.poll)
+	defer tick.Stop()
+	var lastErr error // the last failure not caused by the overall deadline
+	for {
+		info, err := s.api.DescribeInstance(ctx)
+		if err == nil {
+			s.log.Debug("firecracker API up", "version", info.VMMVersion, "state", info.State)
+			return nil
+		}
+		if ctx.Err() == nil || lastErr == nil {
+			lastErr = err
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("firecracker exited before its API answered: %v", s.exitStatus())
+		case <-ctx.Done():
+			if perr := parent.Err(); perr != nil {
+				return fmt.Errorf("waiting for the firecracker API: %w", perr)
+			}
+			return fmt.Errorf("the firecracker API did not answer within %s: %v", s.t.apiReady, lastErr)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitGuest polls the guest's Health over vsock until it answers. connected
+// is called once, when a vsock connection to the guest first succeeds (the
+// kernel is up and the guest init listens).
+func (s *Sandbox) waitGuest(parent context.Context, timeout time.Duration, connected func()) error {
+	ctx, cancel := context.WithTimeout(parent, timeout)
+	defer cancel()
+	var once sync.Once
+	probe := guest.NewClient(func(ctx context.Context) (net.Conn, error) {
+		c, err := s.dial(ctx)
+		if err == nil {
+			once.Do(connected)
+		}
+		return c, err
+	})
+	defer probe.Close()
+	tick := time.NewTicker(s.t.poll)
+	defer tick.Stop()
+	var lastErr error // the last failure not caused by the overall deadline
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, s.t.probe)
+		h, err := probe.Health(pctx)
+		pcancel()
+		if err == nil {
+			if h.Version != guest.Version {
+				return fmt.Errorf("the guest speaks protocol %q, want %q", clip(h.Version, 32), guest.Version)
+			}
+			return nil
+		}
+		if ctx.Err() == nil || lastErr == nil {
+			lastErr = err
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("firecracker exited while the guest booted: %v", s.exitStatus())
+		case <-ctx.Done():
+			if perr := parent.Err(); perr != nil {
+				return fmt.Errorf("waiting for the guest: %w", perr)
+			}
+			return fmt.Errorf("the guest did not answer within %s: %v", timeout, lastErr)
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop implements sandbox.Sandbox. The shutdown runs to completion (each step
+// bounded, under 30s in all at worst) even if ctx ends first; ctx bounds only
+// how long this call waits for it.
+func (s *Sandbox) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() { go s.stop() })
+	select {
+	case <-s.stopped:
+		return s.stopErr
+	case <-ctx.Done():
+		return fmt.Errorf("firecracker: stop: %w", ctx.Err())
+	}
+}
+
+func (s *Sandbox) stop() {
+	defer close(s.stopped)
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+
+	var err error
+	if !s.hasExited() {
+		err = s.shutdown()
+	}
+	if s.hasExited() {
+		<-s.done // the wait goroutine releases everything, with bounded steps
+	} else {
+		s.release()
+	}
+	s.stopErr = errors.Join(err, s.releaseErr)
+	s.log.Info("firecracker stopped", "pid", s.pid)
+}
+
+// shutdown ends the VMM, politest first: the guest's own shutdown (its init
+// then reboots, which with reboot=k makes Firecracker exit), then
+// SendCtrlAltDel (the same reboot, through the guest kernel's keyboard
+// driver), then SIGKILL to the process group.
+func (s *Sandbox) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.t.shutdown)
+	err := s.client.Shutdown(ctx)
+	if err == nil {
+		select {
+		case <-s.exited:
+		case <-ctx.Done():
+		}
+	} else {
+		s.log.Debug("guest shutdown request failed", "err", err)
+	}
+	cancel()
+	if s.hasExited() {
+		return nil
+	}
+
+	s.log.Info("the guest did not reboot; sending Ctrl+Alt+Del")
+	ctx, cancel = context.WithTimeout(context.Background(), s.t.ctrlAltDel)
+	if err := s.api.Action(ctx, ActionSendCtrlAltDel); err != nil {
+		s.log.Debug("SendCtrlAltDel failed", "err", err)
+	} else {
+		select {
+		case <-s.exited:
+		case <-ctx.Done():
+		}
+	}
+	cancel()
+	if s.hasExited() {
+		return nil
+	}
+
+	s.log.Warn("firecracker still running; killing it", "pid", s.pid)
+	s.kill()
+	if !s.waitExited(s.t.kill) {
+		return fmt.Errorf("firecracker: pid %d did not exit after SIGKILL", s.pid)
+	}
+	return nil
+}
+
+// kill SIGKILLs the VMM's process group and the VMM itself.
+func (s *Sandbox) kill() {
+	if s.cmd == nil || s.hasExited() {
+		return // reaped: the pid may belong to someone else now
+	}
+	_ = syscall.Kill(-s.pid, syscall.SIGKILL)
+	_ = s.cmd.Process.Kill() // pidfd-based, so safe even if it raced with the reap
+}
+
+// release frees every host resource but the VMM process and the session's
+// writable disk and log, which stay for the session manager (a stopped
+// session can resume on its disk): clients, sockets, the jail, the network.
+func (s *Sandbox) release() {
+	s.releaseOnce.Do(func() {
+		if s.client != nil {
+			s.client.Close()
+		}
+		if s.api != nil {
+			s.api.Close()
+		}
+		var errs []error
+		if s.l.socks != nil {
+			s.l.socks.close()
+			if s.l.jailBase == "" {
+				// Guest-initiated vsock listeners would be v.sock_PORT; the
+				// driver creates none, but remove any that exist.
+				extra, _ := filepath.Glob(filepath.Join(s.l.socks.dir, vsockSockName+"_*"))
+				for _, p := range append([]string{s.l.socks.path(apiSockName), s.l.socks.path(vsockSockName)}, extra...) {
+					if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
+		if s.l.jailBase != "" {
+			// Hard links only: removing them leaves the shared images alone.
+			if err := os.RemoveAll(s.l.jailBase); err != nil {
+				errs = append(errs, fmt.Errorf("removing the jail: %w", err))
+			}
+		}
+		if s.att != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), s.t.teardown)
+			if err := s.netProv.Teardown(ctx, s.att); err != nil {
+				errs = append(errs, fmt.Errorf("network teardown: %w", err))
+			}
+			cancel()
+		}
+		s.releaseErr = errors.Join(errs...)
+		if s.releaseErr != nil {
+			s.log.Error("releasing sandbox resources", "err", s.releaseErr)
+		}
+	})
+}
+
+// abort undoes a Start that failed at any point: the VMM is killed and
+// reaped, everything is released, and the files Start created are removed.
+// It returns err with the end of the VMM's log added.
+func (s *Sandbox) abort(err error) error {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	if s.cmd != nil {
+		s.kill()
+		if s.waitExited(s.t.kill) {
+			<-s.done
+		} else {
+			s.log.Error("firecracker did not exit after SIGKILL", "pid", s.pid)
+		}
+		err = withTail(err, s.l.logPath)
+	}
+	s.release()
+	for _, p := range []string{s.l.rwHost, s.l.logPath} {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	if s.releaseErr != nil {
+		err = errors.Join(err, s.releaseErr)
+	}
+	return err
+}

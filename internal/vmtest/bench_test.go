@@ -1,0 +1,107 @@
+package vmtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/process"
+	"github.com/execlaw/execlaw/internal/sandbox/qemu"
+	"github.com/execlaw/execlaw/internal/testutil"
+)
+
+// BenchmarkCreateToReady boots sandboxes and reports how long each part of
+// create-to-ready took, in milliseconds: preparing the disk, starting the
+// VMM, the guest kernel (kernel start to /init, as the guest measured it),
+// the guest init (to the control API listening), and the whole thing. It
+// also reports the memory an idle sandbox holds: the VMM's (or guest
+// process's) resident memory, and the server's own heap per session.
+func BenchmarkCreateToReady(b *testing.B) {
+	img := testutil.VMImage(b)
+	tcg, err := qemu.New(qemu.Config{Image: img, Accel: qemu.AccelTCG})
+	if err != nil {
+		b.Fatal(err)
+	}
+	proc, err := process.New(process.Config{GuestBinary: testutil.GuestBinary(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range []sandbox.Driver{tcg, proc} {
+		b.Run(d.Name(), func(b *testing.B) { benchDriver(b, d) })
+	}
+}
+
+type timed interface {
+	Timings() map[string]time.Duration
+}
+
+func benchDriver(b *testing.B, d sandbox.Driver) {
+	sums := map[string]time.Duration{}
+	var rss, heap int64
+	for i := range b.N {
+		dir := b.TempDir()
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		sb, err := d.Start(context.Background(), sandbox.Spec{SessionID: fmt.Sprintf("s_bench%04d", i), Dir: dir,
+			VCPUs: 1, MemoryMiB: 512, Network: "none"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sums["ready"] += time.Since(start)
+		if t, ok := sb.(timed); ok {
+			for k, v := range t.Timings() {
+				if k != "ready" {
+					sums[k] += v
+				}
+			}
+		}
+		// Idle memory: the sandbox's processes, and what the server holds for it.
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap += int64(after.HeapInuse) - int64(before.HeapInuse)
+		rss += rssOf(dir)
+		sb.Stop(context.Background())
+	}
+	for k, v := range sums {
+		b.ReportMetric(float64(v.Milliseconds())/float64(b.N), k+"-ms")
+	}
+	b.ReportMetric(float64(rss)/float64(b.N)/(1<<20), "sandbox-rss-MiB")
+	b.ReportMetric(float64(heap)/float64(b.N)/(1<<20), "server-heap-MiB")
+	b.ReportMetric(0, "ns/op")
+}
+
+// rssOf adds up the resident memory of the processes whose command line
+// mentions dir (the VMM, or the process driver's guest).
+func rssOf(dir string) int64 {
+	var total int64
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !strings.Contains(string(cmd), dir) {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				total += kb << 10
+			}
+		}
+	}
+	return total
+}

@@ -1,0 +1,75 @@
+// The server's JSON API (DESIGN.md section 4). Same-origin fetches with the
+// login cookie; state-changing requests are JSON, which the server requires.
+// A 401 means the login has lapsed: go to the login page.
+
+export class APIError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+let redirecting = false;
+
+export function toLogin() {
+  if (redirecting) return;
+  redirecting = true;
+  window.location.assign('/login');
+}
+
+async function call(method, path, body, headers = {}) {
+  const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json', ...headers }, cache: 'no-store' };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (err) {
+    throw new APIError(0, 'The server cannot be reached: ' + err.message);
+  }
+  if (resp.status === 401) {
+    toLogin();
+    throw new APIError(401, 'Signed out');
+  }
+  let data = null;
+  const text = await resp.text();
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = null; }
+  }
+  if (!resp.ok) {
+    const msg = data && typeof data.error === 'string' ? data.error : `${method} ${path}: HTTP ${resp.status}`;
+    throw new APIError(resp.status, msg);
+  }
+  return data;
+}
+
+const sid = (id) => '/api/sessions/' + encodeURIComponent(id);
+
+export const api = {
+  platform: () => call('GET', '/api/platform'),
+  system: () => call('GET', '/api/system'),
+  userinfo: () => call('GET', '/api/userinfo'),
+  models(provider, baseUrl, key) {
+    const q = baseUrl ? '?baseUrl=' + encodeURIComponent(baseUrl) : '';
+    // The key goes in a header, never the URL: URLs end up in logs.
+    const hdr = key ? { 'X-Api-Key': key } : {};
+    return call('GET', '/api/models/' + encodeURIComponent(provider) + q, undefined, hdr);
+  },
+  list: () => call('GET', '/api/sessions'),
+  create: (req) => call('POST', '/api/sessions', req),
+  status: (id) => call('GET', sid(id) + '/status'),
+  rename: (id, name) => call('PATCH', sid(id), { name }),
+  input: (id, message) => call('POST', sid(id) + '/input', { message }),
+  cancel: (id) => call('POST', sid(id) + '/cancel', {}),
+  end: (id) => call('DELETE', sid(id)),
+  email: (id, to) => call('POST', sid(id) + '/email', { to }),
+  exedevNew: (vmName, prompt, token) => call('POST', '/api/exedev/new', { vmName, prompt, token }),
+  transcriptURL: (id, format = 'md') => sid(id) + '/transcript?format=' + format,
+  streamURL: (id, after) => sid(id) + '/stream' + (after > 0 ? '?after=' + after : ''),
+  async logout() {
+    await fetch('/logout', { method: 'POST', credentials: 'same-origin' }).catch(() => {});
+    toLogin();
+  },
+};
