@@ -184,6 +184,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Models: &llm.Lister{},
 		Platform: api.Platform{
 			Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: reason, Version: version.String(),
+			SandboxChecks: sandboxChecks(report),
 		},
 		Assets: web.Assets,
 	})
@@ -255,4 +256,12 @@ func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider) func(string, vm
 	return func(bin string, img vm.Image) (sandbox.Driver, error) {
 		return firecracker.New(firecracker.Config{Binary: bin, Image: img, Logger: log, Network: net})
 	}
+}
+
+func sandboxChecks(r detect.Report) []api.SandboxCheck {
+	out := make([]api.SandboxCheck, len(r.Findings))
+	for i, f := range r.Findings {
+		out[i] = api.SandboxCheck{Check: f.Check, OK: f.OK, Detail: f.Detail}
+	}
+	return out
 }

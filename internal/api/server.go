@@ -23,6 +23,15 @@ type Platform struct {
 	Isolated      bool   `json:"isolated"`
 	SandboxReason string `json:"sandboxReason"`
 	Version       string `json:"version"`
+	// SandboxChecks are what was looked at to choose the sandbox (execlaw doctor's findings).
+	SandboxChecks []SandboxCheck `json:"sandboxChecks,omitempty"`
+}
+
+// SandboxCheck is one thing looked at when choosing the sandbox driver.
+type SandboxCheck struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
 }
 
 // Assets is the web UI: index.html, login.html and what they load.

@@ -59,6 +59,7 @@ func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
 		"sandbox":       s.platform.Sandbox,
 		"isolated":      s.platform.Isolated,
 		"sandboxReason": s.platform.SandboxReason,
+		"sandboxChecks": s.platform.SandboxChecks,
 		"version":       s.platform.Version,
 		"auth":          s.auth.Mode,
 		"agents":        []string{"builtin"},

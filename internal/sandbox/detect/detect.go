@@ -97,8 +97,9 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 	}
 	kvmOK, kvmWhy := kvmDevice()
 	r.add("/dev/kvm", kvmOK, "%s", kvmWhy)
-	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
-		r.add("/dev/vhost-vsock", true, "present")
+	_, vsockErr := os.Stat("/dev/vhost-vsock")
+	if vsockErr == nil {
+		r.add("/dev/vhost-vsock", true, "present: QEMU's control channel uses vhost-vsock")
 	} else {
 		r.add("/dev/vhost-vsock", false, "absent: QEMU's control channel uses virtio-serial with yamux")
 	}
@@ -167,7 +168,8 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 			if want == "auto" && o.Firecracker != nil && fcErr != nil {
 				why += "; firecracker is not installed"
 			}
-			d, err := qemu.New(qemu.Config{Image: img, Accel: accel, Network: o.Network, Logger: o.Logger, Binary: qemuBin})
+			d, err := qemu.New(qemu.Config{Image: img, Accel: accel, Network: o.Network, Logger: o.Logger, Binary: qemuBin,
+				VhostVsock: vsockErr == nil})
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), why
 				return d, r, nil

@@ -7,6 +7,8 @@ package qemu
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +46,9 @@ type Config struct {
 	BootTimeout time.Duration
 	// DiskMiB is the size of each session's sparse writable disk.
 	DiskMiB int
+	// VhostVsock uses a vhost-vsock device for the control channel (the host
+	// needs /dev/vhost-vsock) instead of virtio-serial with yamux.
+	VhostVsock bool
 }
 
 // Driver starts QEMU sandboxes.
@@ -114,6 +119,10 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 		return nil, err
 	}
 	boot := guest.BootConfig{Channel: "serial", Hostname: "execlaw-" + shortID(spec.SessionID)}
+	if d.cfg.VhostVsock {
+		s.cid = randomCID()
+		boot.Channel = fmt.Sprintf("vsock:%d", guest.DefaultVsockPort)
+	}
 	if spec.Network == "full" {
 		progress("network")
 		a, err := d.cfg.Network.Setup(ctx, spec.SessionID)
@@ -126,7 +135,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	s.timings["prepare"] = time.Since(begin)
 
 	progress("vmm")
-	cmd, err := d.command(spec, boot, s.net)
+	cmd, err := d.command(spec, boot, s.net, s.cid)
 	if err != nil {
 		return nil, err
 	}
@@ -148,10 +157,14 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	s.cmd = cmd
 	go s.wait()
 
-	s.channel = guest.NewSerialChannel(filepath.Join(spec.Dir, "ctl.sock"))
-	s.client = guest.NewClient(s.channel.Dial)
-	if err := s.waitSocket(ctx, vmmStart); err != nil {
-		return nil, err
+	if d.cfg.VhostVsock {
+		s.client = guest.NewClient(guest.VsockDialer(s.cid, guest.DefaultVsockPort))
+	} else {
+		s.channel = guest.NewSerialChannel(filepath.Join(spec.Dir, "ctl.sock"))
+		s.client = guest.NewClient(s.channel.Dial)
+		if err := s.waitSocket(ctx, vmmStart); err != nil {
+			return nil, err
+		}
 	}
 	s.timings["vmm"] = time.Since(vmmStart)
 
@@ -176,7 +189,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 // very long (and on microvm, without a PIT, hang).
 const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
 
-func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment) (*exec.Cmd, error) {
+func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment, cid uint32) (*exec.Cmd, error) {
 	kargs, err := boot.KernelArgs()
 	if err != nil {
 		return nil, err
@@ -204,11 +217,16 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		"-device", "virtio-blk-device,drive=base",
 		"-drive", "id=rw,file=" + filepath.Join(spec.Dir, "rw.ext4") + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-device,drive=rw",
-		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=ctl,path=" + filepath.Join(spec.Dir, "ctl.sock") + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=ctl,name=" + guest.SerialPortName,
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng",
+	}
+	if cid != 0 {
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", cid))
+	} else {
+		args = append(args,
+			"-device", "virtio-serial-device",
+			"-chardev", "socket,id=ctl,path="+filepath.Join(spec.Dir, "ctl.sock")+",server=on,wait=off",
+			"-device", "virtserialport,chardev=ctl,name="+guest.SerialPortName)
 	}
 	if net != nil {
 		args = append(args,
@@ -227,4 +245,13 @@ func shortID(id string) string {
 		id = id[:12]
 	}
 	return id
+}
+
+// randomCID picks a vsock context id for a VM. Ids are host-wide; a random
+// one from 2^31 makes a clash with another VM on the host unlikely, and QEMU
+// refuses to start on one, so it cannot go unnoticed.
+func randomCID() uint32 {
+	var b [4]byte
+	rand.Read(b[:])
+	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<31)
 }

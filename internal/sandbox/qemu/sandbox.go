@@ -22,7 +22,8 @@ type Sandbox struct {
 	id, dir string
 	cmd     *exec.Cmd
 	net     vm.NetAttachment
-	channel *guest.SerialChannel
+	channel *guest.SerialChannel // virtio-serial, or
+	cid     uint32               // the vhost-vsock context id
 	client  *guest.Client
 	timings map[string]time.Duration
 
@@ -131,11 +132,16 @@ func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
 	}
 }
 
-// waitGuest waits for the guest API to answer. One request is enough: the
-// serial channel holds it until the guest opens its end.
+// waitGuest waits for the guest API to answer. Over virtio-serial one
+// request is enough: the channel holds it until the guest opens its end.
+// Over vsock a connection is refused until the guest listens, so it is tried
+// again until the deadline.
 func (s *Sandbox) waitGuest(ctx context.Context, timeout time.Duration) (guest.Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if s.cid != 0 {
+		return s.pollGuest(ctx, timeout)
+	}
 	type result struct {
 		h   guest.Health
 		err error
@@ -222,4 +228,22 @@ func (s *Sandbox) release(ctx context.Context) error {
 	os.Remove(filepath.Join(s.dir, "ctl.sock"))
 	os.Remove(filepath.Join(s.dir, "rw.ext4"))
 	return err
+}
+
+func (s *Sandbox) pollGuest(ctx context.Context, timeout time.Duration) (guest.Health, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		h, err := s.client.Health(actx)
+		cancel()
+		if err == nil {
+			return h, nil
+		}
+		select {
+		case <-s.done:
+			return guest.Health{}, fmt.Errorf("the VM exited while booting: %v (%s)", s.waitErr, s.logTail())
+		case <-ctx.Done():
+			return guest.Health{}, fmt.Errorf("the guest did not answer within %s: %v (%s)", timeout, err, s.logTail())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
