@@ -105,3 +105,34 @@ func rssOf(dir string) int64 {
 	}
 	return total
 }
+
+// BenchmarkIdleSessionMemory measures what an idle session costs the host
+// through the whole stack (API, session manager, agent, VM): the VMM's
+// resident memory and the server's own heap, per session.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	const sessions = 4
+	e := newBenchEnv(b)
+	var rss, heap float64
+	for range b.N {
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var ids []string
+		for range sessions {
+			v := e.h.AnthropicSession(e.fake, map[string]any{"network": "none", "memoryMiB": 512, "vcpus": 1})
+			e.h.WaitState(v.ID, "active")
+			ids = append(ids, v.ID)
+		}
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap += float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / sessions
+		rss += float64(rssOf(e.h.DataDir)) / sessions
+		for _, id := range ids {
+			e.h.Must(200, "DELETE", "/api/sessions/"+id, nil)
+		}
+	}
+	b.ReportMetric(rss/float64(b.N)/(1<<20), "vmm-rss-MiB/session")
+	b.ReportMetric(heap/float64(b.N)/(1<<10), "server-heap-KiB/session")
+	b.ReportMetric(0, "ns/op")
+}

@@ -40,7 +40,9 @@ type env struct {
 
 var envCounter int
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newBenchEnv(t) }
+
+func newBenchEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("VM tests need root: network namespaces, TAP devices, debootstrap")

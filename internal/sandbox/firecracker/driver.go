@@ -57,9 +57,12 @@ const (
 
 	apiSockName   = "fc.sock"
 	vsockSockName = "v.sock"
-	logName       = "firecracker.log"
-	diskName      = "rw.ext4"
-	jailDirName   = "jail"
+	// longestSockName bounds the socket names the host dials (see
+	// sandbox.OpenSocketDir).
+	longestSockName = max(len(apiSockName), len(vsockSockName))
+	logName         = "firecracker.log"
+	diskName        = "rw.ext4"
+	jailDirName     = "jail"
 
 	// guestCID is the guest's vsock context id. Hybrid vsock never touches
 	// the host's vhost-vsock, so CIDs need not be unique across VMs; 3 is
@@ -182,7 +185,7 @@ type layout struct {
 	rwHost   string // the writable disk, on the host
 	logPath  string
 	jailBase string // the jailer's --chroot-base-dir; empty without the jailer
-	socks    *sockDir
+	socks    *sandbox.SocketDir
 
 	// Firecracker's names.
 	apiSock, vsockUDS, kernel, initrd, rootfs, rw string
@@ -236,7 +239,6 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 		netProv: d.cfg.Network,
 		exited:  make(chan struct{}),
 		done:    make(chan struct{}),
-		stopped: make(chan struct{}),
 	}
 
 	// The writable disk: sparse, so this never copies anything.
@@ -246,8 +248,8 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	if err := d.placeFiles(l, id); err != nil {
 		return nil, sb.abort(err)
 	}
-	sb.api = newClient(l.socks.dialer(apiSockName))
-	sb.dial = vsockDialer(l.socks.dialer(vsockSockName), guest.DefaultVsockPort, defaultHandshakeTimeout)
+	sb.api = newClient(l.socks.Dialer(apiSockName))
+	sb.dial = vsockDialer(l.socks.Dialer(vsockSockName), guest.DefaultVsockPort, defaultHandshakeTimeout)
 	sb.client = guest.NewClient(sb.dial)
 
 	if wantNet {
@@ -295,7 +297,7 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 		if err != nil {
 			return err
 		}
-		if l.socks, err = openSockDir(root, len(vsockSockName)); err != nil {
+		if l.socks, err = sandbox.OpenSocketDir(root, longestSockName); err != nil {
 			return err
 		}
 		// Paths as the chrooted Firecracker sees them.
@@ -304,15 +306,12 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 		return nil
 	}
 	var err error
-	if l.socks, err = openSockDir(l.dir, len(vsockSockName)); err != nil {
+	if l.socks, err = sandbox.OpenSocketDir(l.dir, longestSockName); err != nil {
 		return err
 	}
 	// Firecracker runs in l.dir, so a relative name works where the absolute
 	// path would not fit in a socket address.
-	l.apiSock, l.vsockUDS = apiSockName, vsockSockName
-	if l.socks.short() {
-		l.apiSock, l.vsockUDS = l.socks.path(apiSockName), l.socks.path(vsockSockName)
-	}
+	l.apiSock, l.vsockUDS = l.socks.BindPath(apiSockName), l.socks.BindPath(vsockSockName)
 	im := d.cfg.Image
 	l.kernel, l.initrd, l.rootfs, l.rw = im.KernelELF, im.Initramfs, im.Rootfs, l.rwHost
 	return nil

@@ -47,9 +47,7 @@ type Sandbox struct {
 	releaseOnce sync.Once
 	releaseErr  error // written inside releaseOnce
 
-	stopOnce sync.Once
-	stopped  chan struct{}
-	stopErr  error // written before stopped is closed
+	stopper sandbox.Stopper
 }
 
 var _ sandbox.Sandbox = (*Sandbox)(nil)
@@ -90,7 +88,7 @@ func (s *Sandbox) startVMM(cmd *exec.Cmd) error {
 	if err != nil {
 		return fmt.Errorf("log file: %w", err)
 	}
-	w := newCappedWriter(f, maxLogBytes)
+	w := sandbox.NewCappedWriter(f, maxLogBytes)
 	cmd.Stdout, cmd.Stderr = w, w
 	if s.att != nil {
 		err = s.att.Start(cmd)
@@ -236,17 +234,10 @@ func (s *Sandbox) waitGuest(parent context.Context, timeout time.Duration, conne
 // bounded, under 30s in all at worst) even if ctx ends first; ctx bounds only
 // how long this call waits for it.
 func (s *Sandbox) Stop(ctx context.Context) error {
-	s.stopOnce.Do(func() { go s.stop() })
-	select {
-	case <-s.stopped:
-		return s.stopErr
-	case <-ctx.Done():
-		return fmt.Errorf("firecracker: stop: %w", ctx.Err())
-	}
+	return s.stopper.Stop(ctx, "firecracker", s.stop)
 }
 
-func (s *Sandbox) stop() {
-	defer close(s.stopped)
+func (s *Sandbox) stop() error {
 	s.mu.Lock()
 	s.stopping = true
 	s.mu.Unlock()
@@ -260,8 +251,8 @@ func (s *Sandbox) stop() {
 	} else {
 		s.release()
 	}
-	s.stopErr = errors.Join(err, s.releaseErr)
 	s.log.Info("firecracker stopped", "pid", s.pid)
+	return errors.Join(err, s.releaseErr)
 }
 
 // shutdown ends the VMM, politest first: the guest's own shutdown (its init
@@ -269,32 +260,18 @@ func (s *Sandbox) stop() {
 // SendCtrlAltDel (the same reboot, through the guest kernel's keyboard
 // driver), then SIGKILL to the process group.
 func (s *Sandbox) shutdown() error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.t.shutdown)
-	err := s.client.Shutdown(ctx)
-	if err == nil {
-		select {
-		case <-s.exited:
-		case <-ctx.Done():
-		}
-	} else {
+	if err := sandbox.RequestExit(s.exited, s.t.shutdown, s.client.Shutdown); err != nil {
 		s.log.Debug("guest shutdown request failed", "err", err)
 	}
-	cancel()
 	if s.hasExited() {
 		return nil
 	}
 
 	s.log.Info("the guest did not reboot; sending Ctrl+Alt+Del")
-	ctx, cancel = context.WithTimeout(context.Background(), s.t.ctrlAltDel)
-	if err := s.api.Action(ctx, ActionSendCtrlAltDel); err != nil {
+	ctrlAltDel := func(ctx context.Context) error { return s.api.Action(ctx, ActionSendCtrlAltDel) }
+	if err := sandbox.RequestExit(s.exited, s.t.ctrlAltDel, ctrlAltDel); err != nil {
 		s.log.Debug("SendCtrlAltDel failed", "err", err)
-	} else {
-		select {
-		case <-s.exited:
-		case <-ctx.Done():
-		}
 	}
-	cancel()
 	if s.hasExited() {
 		return nil
 	}
@@ -329,12 +306,12 @@ func (s *Sandbox) release() {
 		}
 		var errs []error
 		if s.l.socks != nil {
-			s.l.socks.close()
+			s.l.socks.Close()
 			if s.l.jailBase == "" {
 				// Guest-initiated vsock listeners would be v.sock_PORT; the
 				// driver creates none, but remove any that exist.
-				extra, _ := filepath.Glob(filepath.Join(s.l.socks.dir, vsockSockName+"_*"))
-				for _, p := range append([]string{s.l.socks.path(apiSockName), s.l.socks.path(vsockSockName)}, extra...) {
+				extra, _ := filepath.Glob(filepath.Join(s.l.socks.Dir(), vsockSockName+"_*"))
+				for _, p := range append([]string{s.l.socks.Path(apiSockName), s.l.socks.Path(vsockSockName)}, extra...) {
 					if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 						errs = append(errs, err)
 					}

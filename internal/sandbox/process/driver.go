@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -33,6 +34,14 @@ const (
 
 	defaultStartTimeout = 15 * time.Second
 	guestPath           = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+	// guestSockName is the guest's control socket, in the sandbox directory.
+	guestSockName = "guest.sock"
+	// maxGuestLogBytes caps guest.log: a guest that logs without end must not
+	// fill the host's disk.
+	maxGuestLogBytes = 1 << 20
+	// guestLogTail bounds the end of guest.log carried in a Start error.
+	guestLogTail = 2 << 10
 )
 
 // Config configures the driver.
@@ -105,29 +114,35 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	}
 	log := d.log.With("session", spec.SessionID)
 
-	sock := newSocket(dir)
+	// The guest binds a relative socket path when the absolute one would be
+	// too long for a socket address (see command).
+	sock, err := sandbox.OpenSocketDir(dir, len(guestSockName))
+	if err != nil {
+		return nil, fmt.Errorf("process driver: socket directory: %w", err)
+	}
 	logPath := filepath.Join(dir, "guest.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		sock.close()
+		closeSocket(sock)
 		return nil, fmt.Errorf("process driver: guest log: %w", err)
 	}
-	guestLog := newCappedWriter(logFile, maxGuestLogBytes)
+	guestLog := sandbox.NewCappedWriter(logFile, maxGuestLogBytes)
+	listen := "unix:" + sock.BindPath(guestSockName)
 
 	progress("process")
 	pidNS := os.Geteuid() == 0 && !d.cfg.NoPIDNamespace
-	cmd := d.command(dir, ws, sock.listenArg(), guestLog, pidNS)
+	cmd := d.command(dir, ws, listen, guestLog, pidNS)
 	err = cmd.Start()
 	if err != nil && pidNS && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
 		// Root without CAP_SYS_ADMIN (some containers): carry on without.
 		log.Warn("no PID namespace for the guest; falling back to process-group kill", "err", err)
 		pidNS = false
-		cmd = d.command(dir, ws, sock.listenArg(), guestLog, pidNS)
+		cmd = d.command(dir, ws, listen, guestLog, pidNS)
 		err = cmd.Start()
 	}
 	if err != nil {
 		logFile.Close()
-		sock.close()
+		closeSocket(sock)
 		return nil, fmt.Errorf("process driver: starting guest: %w", err)
 	}
 	log.Info("guest started", "pid", cmd.Process.Pid, "pidns", pidNS, "dir", dir)
@@ -140,9 +155,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		sock:      sock,
 		workspace: ws,
 		logPath:   logPath,
-		client:    guest.NewClient(sock.dial),
+		client:    guest.NewClient(sock.Dialer(guestSockName)),
 		done:      make(chan struct{}),
-		stopped:   make(chan struct{}),
 	}
 	go sb.wait(logFile)
 
@@ -156,7 +170,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 			log.Error("guest did not exit after SIGKILL", "pid", sb.pid)
 		}
 		sb.release()
-		if tail := logTail(logPath, 2<<10); tail != "" {
+		if tail := sandbox.LogTail(logPath, guestLogTail, 0); tail != "" {
 			err = fmt.Errorf("%w; guest log:\n%s", err, tail)
 		}
 		return nil, fmt.Errorf("process driver: %w", err)
@@ -164,9 +178,9 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	return sb, nil
 }
 
-func (d *Driver) command(dir, ws, listen string, out *cappedWriter, pidNS bool) *exec.Cmd {
+func (d *Driver) command(dir, ws, listen string, out io.Writer, pidNS bool) *exec.Cmd {
 	cmd := exec.Command(d.cfg.GuestBinary, "--listen", listen, "--workspace", ws)
-	cmd.Dir = dir // a relative socket path (see newSocket) resolves here
+	cmd.Dir = dir // a relative socket path (see SocketDir.BindPath) resolves here
 	// Never the server's environment: it holds API keys and other secrets.
 	cmd.Env = []string{"PATH=" + guestPath, "HOME=" + ws, "LANG=C.UTF-8"}
 	cmd.Stdout = out

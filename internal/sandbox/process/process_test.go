@@ -492,16 +492,3 @@ func TestFindGuestBinary(t *testing.T) {
 		t.Errorf("not found error should say where it looked: %v", err)
 	}
 }
-
-func TestCappedWriter(t *testing.T) {
-	var buf bytes.Buffer
-	w := newCappedWriter(&buf, 10)
-	for _, s := range []string{"12345", "67890", "abc", "def"} {
-		if n, err := w.Write([]byte(s)); n != len(s) || err != nil {
-			t.Fatalf("Write = %d, %v", n, err)
-		}
-	}
-	if !strings.HasPrefix(buf.String(), "1234567890\n[execlaw: guest log reached") || strings.Contains(buf.String(), "abc") {
-		t.Errorf("capped output = %q", buf.String())
-	}
-}

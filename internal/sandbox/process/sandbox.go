@@ -28,7 +28,7 @@ type Sandbox struct {
 	cmd       *exec.Cmd
 	pid       int
 	pidNS     bool
-	sock      *socket
+	sock      *sandbox.SocketDir
 	workspace string
 	logPath   string
 	client    *guest.Client
@@ -39,9 +39,7 @@ type Sandbox struct {
 	mu       sync.Mutex
 	stopping bool
 
-	stopOnce sync.Once
-	stopped  chan struct{}
-	stopErr  error // written before stopped is closed
+	stopper sandbox.Stopper
 }
 
 var _ sandbox.Sandbox = (*Sandbox)(nil)
@@ -79,45 +77,33 @@ func (s *Sandbox) ExitError() error {
 // (bounded, a few seconds at most) even if ctx ends first; ctx only bounds how
 // long this call waits for it.
 func (s *Sandbox) Stop(ctx context.Context) error {
-	s.stopOnce.Do(func() { go s.stop() })
-	select {
-	case <-s.stopped:
-		return s.stopErr
-	case <-ctx.Done():
-		return fmt.Errorf("process sandbox: stop: %w", ctx.Err())
-	}
+	return s.stopper.Stop(ctx, "process sandbox", s.stop)
 }
 
-func (s *Sandbox) stop() {
-	defer close(s.stopped)
+func (s *Sandbox) stop() error {
 	s.mu.Lock()
 	s.stopping = true
 	s.mu.Unlock()
 
+	var err error
 	select {
 	case <-s.done:
 	default:
 		// Ask first: without a PID namespace, the guest's own shutdown is what
 		// kills the process groups the agent started.
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-		if err := s.client.Shutdown(ctx); err != nil {
-			s.log.Debug("guest shutdown request failed", "err", err)
-		} else {
-			select {
-			case <-s.done:
-			case <-ctx.Done():
-			}
+		if rerr := sandbox.RequestExit(s.done, shutdownGrace, s.client.Shutdown); rerr != nil {
+			s.log.Debug("guest shutdown request failed", "err", rerr)
 		}
-		cancel()
 		s.kill()
 		select {
 		case <-s.done:
 		case <-time.After(killWait):
-			s.stopErr = fmt.Errorf("process sandbox: guest pid %d did not exit after SIGKILL", s.pid)
+			err = fmt.Errorf("process sandbox: guest pid %d did not exit after SIGKILL", s.pid)
 		}
 	}
 	s.release()
 	s.log.Info("guest stopped", "pid", s.pid)
+	return err
 }
 
 // kill SIGKILLs the guest's process group and the guest itself. As init of a
@@ -135,7 +121,13 @@ func (s *Sandbox) kill() {
 // release frees host resources other than the process.
 func (s *Sandbox) release() {
 	s.client.Close()
-	s.sock.close()
+	closeSocket(s.sock)
+}
+
+// closeSocket stops dialing the guest's socket and removes it.
+func closeSocket(sock *sandbox.SocketDir) {
+	sock.Close()
+	_ = os.Remove(sock.Path(guestSockName))
 }
 
 func (s *Sandbox) wait(logFile *os.File) {

@@ -105,6 +105,10 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if spec.Network == "full" && d.cfg.Network == nil {
 		return nil, errors.New("this server has no VM networking; create the session with network none")
 	}
+	// Absolute, as QEMU may run in the directory (see command).
+	if spec.Dir, err = filepath.Abs(spec.Dir); err != nil {
+		return nil, err
+	}
 	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, done: make(chan struct{}), timings: map[string]time.Duration{}}
 	begin := time.Now()
 	defer func() {
@@ -122,6 +126,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if d.cfg.VhostVsock {
 		s.cid = randomCID()
 		boot.Channel = fmt.Sprintf("vsock:%d", guest.DefaultVsockPort)
+	} else if s.socks, err = sandbox.OpenSocketDir(spec.Dir, len(ctlSockName)); err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
 	}
 	if spec.Network == "full" {
 		progress("network")
@@ -135,7 +141,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	s.timings["prepare"] = time.Since(begin)
 
 	progress("vmm")
-	cmd, err := d.command(spec, boot, s.net, s.cid)
+	cmd, err := d.command(spec, boot, s.net, s.cid, s.socks)
 	if err != nil {
 		return nil, err
 	}
@@ -160,8 +166,10 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if d.cfg.VhostVsock {
 		s.client = guest.NewClient(guest.VsockDialer(s.cid, guest.DefaultVsockPort))
 	} else {
-		s.channel = guest.NewSerialChannel(filepath.Join(spec.Dir, "ctl.sock"))
-		s.client = guest.NewClient(s.channel.Dial)
+		// The channel dials DialPath itself: Guard keeps it from doing so
+		// once release has closed the socket directory.
+		s.channel = guest.NewSerialChannel(s.socks.DialPath(ctlSockName))
+		s.client = guest.NewClient(s.socks.Guard(s.channel.Dial))
 		if err := s.waitSocket(ctx, vmmStart); err != nil {
 			return nil, err
 		}
@@ -189,22 +197,31 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 // very long (and on microvm, without a PIT, hang).
 const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
 
-func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment, cid uint32) (*exec.Cmd, error) {
+// ctlSockName is the virtio-serial control channel's socket, in the sandbox
+// directory.
+const ctlSockName = "ctl.sock"
+
+// command is QEMU's command line. socks is the control socket's directory,
+// nil when cid is set (vhost-vsock).
+func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment, cid uint32, socks *sandbox.SocketDir) (*exec.Cmd, error) {
 	kargs, err := boot.KernelArgs()
 	if err != nil {
 		return nil, err
 	}
-	append_ := "console=ttyS0 quiet panic=-1 reboot=t " + kargs
-	cpu := "host"
+	append_ := "console=ttyS0 quiet panic=-1 reboot=t pci=off " + kargs
+	cpu, accel := "host", d.cfg.Accel
 	if d.cfg.Accel == AccelTCG {
 		append_ += " " + tcgTiming
 		cpu = "max"
+		// TCG's translation cache defaults to 1 GiB per VM; a small one keeps an
+		// idle VM's memory near what the guest uses, at no boot-time cost.
+		accel = "tcg,tb-size=64"
 	}
 	vcpus := max(spec.VCPUs, 1)
 	mem := max(spec.MemoryMiB, 128)
 	args := []string{
 		"-name", "execlaw-" + shortID(spec.SessionID),
-		"-machine", "microvm,rtc=on", "-accel", d.cfg.Accel,
+		"-machine", "microvm,rtc=on", "-accel", accel,
 		"-cpu", cpu, "-smp", strconv.Itoa(vcpus), "-m", strconv.Itoa(mem),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-monitor", "none", "-display", "none",
@@ -225,7 +242,7 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 	} else {
 		args = append(args,
 			"-device", "virtio-serial-device",
-			"-chardev", "socket,id=ctl,path="+filepath.Join(spec.Dir, "ctl.sock")+",server=on,wait=off",
+			"-chardev", "socket,id=ctl,path="+socks.BindPath(ctlSockName)+",server=on,wait=off",
 			"-device", "virtserialport,chardev=ctl,name="+guest.SerialPortName)
 	}
 	if net != nil {
@@ -234,6 +251,9 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 			"-device", "virtio-net-device,netdev=net0,mac="+net.MAC())
 	}
 	cmd := exec.Command(d.cfg.Binary, args...)
+	if socks != nil && !socks.Short() {
+		cmd.Dir = spec.Dir // where the relative control socket path resolves
+	}
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd, nil

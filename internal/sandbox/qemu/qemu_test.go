@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,6 +99,34 @@ func TestBootExecStop(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
 			t.Errorf("%s left behind", f)
 		}
+	}
+}
+
+// A session directory too deep for a socket address still gets its control
+// channel: QEMU binds a relative path in the directory.
+func TestLongDirectoryPath(t *testing.T) {
+	d, _ := newDriver(t)
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 120))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sbi, err := d.Start(context.Background(), sandbox.Spec{SessionID: "s_longdir", Dir: dir, VCPUs: 1, MemoryMiB: 256, Network: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := sbi.(*Sandbox)
+	defer sb.Stop(context.Background())
+	if res, out := run(t, sb, "echo ok"); res.ExitCode != 0 || out != "ok\n" {
+		t.Errorf("exec: %+v %q", res, out)
+	}
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ctl.sock")); err == nil {
+		t.Error("ctl.sock left behind")
+	}
+	if _, err := sb.Guest().Health(context.Background()); !errors.Is(err, sandbox.ErrSocketDirClosed) {
+		t.Errorf("Health after Stop = %v, want ErrSocketDirClosed", err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
 
@@ -22,8 +23,9 @@ type Sandbox struct {
 	id, dir string
 	cmd     *exec.Cmd
 	net     vm.NetAttachment
-	channel *guest.SerialChannel // virtio-serial, or
-	cid     uint32               // the vhost-vsock context id
+	channel *guest.SerialChannel // virtio-serial, reached in socks, or
+	socks   *sandbox.SocketDir
+	cid     uint32 // the vhost-vsock context id
 	client  *guest.Client
 	timings map[string]time.Duration
 
@@ -85,33 +87,16 @@ func (s *Sandbox) wait() {
 func (s *Sandbox) logTail() string {
 	var parts []string
 	for _, name := range []string{"qemu.log", "console.log"} {
-		b, err := readTail(filepath.Join(s.dir, name), 600)
-		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
-			parts = append(parts, name+": "+strings.Join(strings.Fields(string(b)), " "))
+		if t := sandbox.LogTail(filepath.Join(s.dir, name), 600, 0); t != "" {
+			parts = append(parts, name+": "+strings.Join(strings.Fields(t), " "))
 		}
 	}
 	return strings.Join(parts, "; ")
 }
 
-func readTail(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := max(fi.Size()-n, 0)
-	b := make([]byte, fi.Size()-off)
-	_, err = f.ReadAt(b, off)
-	return []byte(strings.ToValidUTF8(string(b), "?")), err
-}
-
 // waitSocket waits for QEMU to create the control socket.
 func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
-	path := filepath.Join(s.dir, "ctl.sock")
+	path := s.socks.Path(ctlSockName)
 	deadline := time.NewTimer(30 * time.Second)
 	defer deadline.Stop()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -221,11 +206,14 @@ func (s *Sandbox) release(ctx context.Context) error {
 	if s.channel != nil {
 		s.channel.Close()
 	}
+	if s.socks != nil {
+		s.socks.Close() // after the channel: that ends any dial it holds up
+	}
 	var err error
 	if s.net != nil {
 		err = s.d.cfg.Network.Teardown(ctx, s.net)
 	}
-	os.Remove(filepath.Join(s.dir, "ctl.sock"))
+	os.Remove(filepath.Join(s.dir, ctlSockName))
 	os.Remove(filepath.Join(s.dir, "rw.ext4"))
 	return err
 }
