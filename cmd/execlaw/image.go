@@ -42,9 +42,18 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 		fs.StringVar(&o.ModulesDir, "modules", "", "with --kernel: its lib/modules/<release> directory")
 		fs.StringVar(&o.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading one")
 		fs.BoolVar(&o.Force, "force", false, "rebuild everything")
+		agents := fs.String("agents", "", "agent CLIs to install besides the built-in agent: claude-code")
+		fs.StringVar(&o.Agents.ClaudeCodeVersion, "claude-code-version", image.ClaudeCodeVersion, "the @anthropic-ai/claude-code release to install")
+		fs.StringVar(&o.Agents.Nullclaw, "nullclaw", "", "install nullclaw from this file or http(s) URL")
+		fs.StringVar(&o.Agents.NullclawSHA256, "nullclaw-sha256", "", "the SHA-256 the nullclaw binary must have")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		spec, err := image.ParseAgents(*agents)
+		if err != nil {
+			return err
+		}
+		o.Agents.ClaudeCode = spec.ClaudeCode
 		if o.GuestBinary == "" {
 			var err error
 			if o.GuestBinary, err = process.FindGuestBinary(getenv); err != nil {
@@ -52,7 +61,7 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 			}
 		}
 		o.DataDir, o.Version, o.Out = *dataDir, version.String(), stdout
-		_, err := image.Build(ctx, o)
+		_, err = image.Build(ctx, o)
 		return err
 	case "list", "verify", "prune":
 		if err := fs.Parse(args[1:]); err != nil {
@@ -101,6 +110,9 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 func printManifest(w io.Writer, m image.Manifest) {
 	fmt.Fprintf(w, "%s: %s %s, kernel %s, built %s by execlaw %s\n", m.Name, m.Distro, m.Profile, m.Kernel.Version,
 		m.BuiltAt.Format("2006-01-02 15:04"), m.ExecLawVersion)
+	if len(m.Agents) > 0 {
+		fmt.Fprintf(w, "  agents     %s\n", strings.Join(m.Agents, ", "))
+	}
 	for _, c := range []struct {
 		name string
 		c    image.Component

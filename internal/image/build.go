@@ -24,7 +24,8 @@ type BuildOptions struct {
 	KernelFile  string // a bzImage to use instead of Debian's kernel
 	ModulesDir  string // the modules of KernelFile, if it needs any
 	KernelDeb   string // a kernel .deb to use instead of downloading one
-	Force       bool   // rebuild everything even when the inputs did not change
+	Agents      AgentSpec // agent CLIs to install in the root filesystem
+	Force       bool      // rebuild everything even when the inputs did not change
 	Version     string // execlaw's version, recorded in the manifest
 	Out         io.Writer
 }
@@ -61,6 +62,9 @@ func Build(ctx context.Context, o BuildOptions) (Manifest, error) {
 	}
 	if !validName.MatchString(o.Name) {
 		return Manifest{}, fmt.Errorf("image name %q is not valid", o.Name)
+	}
+	if err := o.Agents.validate(); err != nil {
+		return Manifest{}, err
 	}
 	st, err := NewStore(o.DataDir)
 	if err != nil {
@@ -242,9 +246,11 @@ func (b *builder) initramfs(m *Manifest, kern unpackedKernel) error {
 }
 
 func (b *builder) rootfs(ctx context.Context, m *Manifest, d Distro, p Profile) error {
-	recipe := rootfsRecipe(d, p)
+	agents := b.o.Agents
+	p.Packages = append(append([]string(nil), p.Packages...), agents.packages()...)
+	recipe := rootfsRecipe(d, p, agents)
 	if b.prev.Rootfs.Recipe == recipe && b.st.present(b.prev.Rootfs) {
-		m.Rootfs = b.prev.Rootfs
+		m.Rootfs, m.Agents = b.prev.Rootfs, b.prev.Agents
 		b.step(3, "rootfs %s (%s): unchanged, %s", d.Name, p.Name, mib(m.Rootfs.Size))
 		return nil
 	}
@@ -275,6 +281,9 @@ func (b *builder) rootfs(ctx context.Context, m *Manifest, d Distro, p Profile) 
 		return err
 	}
 	if err := configureRootfs(tree); err != nil {
+		return err
+	}
+	if m.Agents, err = agents.install(ctx, tree, b.o.Out); err != nil {
 		return err
 	}
 	img := filepath.Join(b.work, "rootfs.ext4")

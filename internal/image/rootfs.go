@@ -52,12 +52,13 @@ var Distros = map[string]Distro{
 // images built the old way are rebuilt.
 const rootfsFormat = "3"
 
-func rootfsRecipe(d Distro, p Profile) string {
+func rootfsRecipe(d Distro, p Profile, agents AgentSpec) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "format=%s\ndistro=%s\nmirror=%s\ncomponents=%s\n", rootfsFormat, d.Name, d.Mirror, d.Components)
 	pk := append([]string(nil), p.Packages...)
 	sort.Strings(pk)
 	fmt.Fprintf(h, "packages=%s\n", strings.Join(pk, ","))
+	fmt.Fprintf(h, "agents=%s\n", agents.recipe())
 	return "rootfs:" + hex.EncodeToString(h.Sum(nil))[:16]
 }
 

@@ -51,6 +51,18 @@ type Manifest struct {
 	Vmlinux        Component `json:"vmlinux"`
 	Initramfs      Component `json:"initramfs"`
 	Rootfs         Component `json:"rootfs"`
+	// Agents are the agent CLIs installed in the root filesystem, "name=version".
+	Agents []string `json:"agents,omitempty"`
+}
+
+// HasAgent reports whether the image carries an agent CLI.
+func (m Manifest) HasAgent(name string) bool {
+	for _, a := range m.Agents {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // Components lists the manifest's parts by name.
