@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/execlaw/execlaw/internal/version.Version=$(VERSION)
 
-.PHONY: build test vet fmt-check bench run clean screenshots vendor-web
+.PHONY: build test vet fmt-check bench run clean screenshots vendor-web install
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
@@ -33,6 +33,11 @@ vendor-web:
 
 run: build
 	bin/execlaw serve
+
+# Install as a system service (user execlaw, /var/lib/execlaw, systemd unit);
+# needs root. install.sh --enable also starts it.
+install:
+	./install.sh
 
 clean:
 	rm -rf bin

@@ -36,8 +36,9 @@ apt_install() {
 # dpkg-deb (in dpkg) unpacks the kernel package.
 packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs)
 # The race detector in `go test -race` needs cgo, so a C compiler; the
-# browser tests drive Debian's Chromium.
-[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium)
+# browser tests drive Debian's Chromium; the packaging tests run
+# systemd-analyze verify on the unit and shellcheck on install.sh.
+[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium systemd shellcheck)
 apt_install "${packages[@]}"
 
 # Go: any toolchain from 1.21 on can build the project, because it fetches the

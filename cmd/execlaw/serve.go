@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/mail"
+	"github.com/execlaw/execlaw/internal/metrics"
 	"github.com/execlaw/execlaw/internal/network"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/detect"
@@ -45,6 +48,20 @@ type serveConfig struct {
 	MaxSteps      int
 	LLMRetries    int
 	LogLevel      string
+
+	// E-mail: SMTP, or exe.dev's gateway on exe.dev.
+	SMTPAddr     string
+	SMTPTLS      string
+	SMTPUser     string
+	SMTPPassword string // never logged or printed
+	SMTPFrom     string
+	EmailAllow   string
+	// exe.dev: ExeDev is "auto" (detect from the host name), "true" or "false".
+	ExeDev        string
+	ExeDevGateway string
+	ExeDevAPI     string
+	// MetricsListen serves /metrics on an address of its own.
+	MetricsListen string
 }
 
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
@@ -65,6 +82,17 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
 	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
 	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
+	fs.StringVar(&c.SMTPAddr, "smtp-addr", env("EXECLAW_SMTP_ADDR", ""), "SMTP server host:port for mailing transcripts; empty: no SMTP (EXECLAW_SMTP_ADDR)")
+	fs.StringVar(&c.SMTPTLS, "smtp-tls", env("EXECLAW_SMTP_TLS", mail.TLSStartTLS), "SMTP encryption: none, starttls or tls (EXECLAW_SMTP_TLS)")
+	fs.StringVar(&c.SMTPUser, "smtp-user", env("EXECLAW_SMTP_USER", ""), "SMTP user; empty: no authentication (EXECLAW_SMTP_USER)")
+	fs.StringVar(&c.SMTPPassword, "smtp-password", env("EXECLAW_SMTP_PASSWORD", ""), "SMTP password; prefer the environment variable, a flag shows in ps (EXECLAW_SMTP_PASSWORD)")
+	fs.StringVar(&c.SMTPFrom, "smtp-from", env("EXECLAW_SMTP_FROM", ""), "sender address of mailed transcripts (EXECLAW_SMTP_FROM)")
+	fs.StringVar(&c.EmailAllow, "email-allow", env("EXECLAW_EMAIL_ALLOW", ""), "comma-separated addresses and @domains transcripts may be mailed to, besides the user's own (EXECLAW_EMAIL_ALLOW)")
+	c.ExeDev = env("EXECLAW_EXEDEV", "auto")
+	fs.Var((*exeDevFlag)(&c.ExeDev), "exedev", "running on exe.dev: auto (host name ends in .exe.xyz), true or false (EXECLAW_EXEDEV)")
+	fs.StringVar(&c.ExeDevGateway, "exedev-gateway", env("EXECLAW_EXEDEV_GATEWAY", ""), "base address of exe.dev's e-mail gateway (default "+mail.DefaultGateway+" on exe.dev) (EXECLAW_EXEDEV_GATEWAY)")
+	fs.StringVar(&c.ExeDevAPI, "exedev-api", env("EXECLAW_EXEDEV_API", ""), "exe.dev API base URL for new VMs (default "+api.DefaultExeDevAPI+"; setting it offers the feature off exe.dev too) (EXECLAW_EXEDEV_API)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", env("EXECLAW_METRICS_LISTEN", ""), "serve /metrics on this address instead of the main one; no authentication when it is loopback (EXECLAW_METRICS_LISTEN)")
 	intFlag := func(p *int, name, envName string, def int, help string) error {
 		v, err := strconv.Atoi(env(envName, strconv.Itoa(def)))
 		if err != nil {
@@ -108,8 +136,82 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, errors.New("--max-steps must be at least 1")
 	case c.LLMRetries < 0 || c.LLMRetries > 10:
 		return c, errors.New("--llm-retries must be between 0 and 10")
+	case c.ExeDev != "auto" && c.ExeDev != "true" && c.ExeDev != "false":
+		return c, fmt.Errorf("--exedev (EXECLAW_EXEDEV) must be auto, true or false, not %q", c.ExeDev)
+	case c.SMTPAddr != "" && c.SMTPFrom == "":
+		return c, errors.New("--smtp-from (EXECLAW_SMTP_FROM) is required with --smtp-addr")
+	}
+	if c.ExeDevAPI != "" {
+		if u, err := url.Parse(c.ExeDevAPI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return c, fmt.Errorf("--exedev-api must be an http(s) URL, not %q", c.ExeDevAPI)
+		}
+	}
+	if _, err := mail.ParsePolicy(c.EmailAllow); err != nil {
+		return c, err
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return c, fmt.Errorf("--metrics-listen must be host:port: %v", err)
+		}
+		if err := api.CheckListen(c.Auth, c.MetricsListen); err != nil {
+			return c, fmt.Errorf("--metrics-listen: %w", err)
+		}
 	}
 	return c, api.CheckListen(c.Auth, c.Listen)
+}
+
+// exeDevFlag is --exedev: a bool flag (--exedev alone means true) that also
+// takes auto.
+type exeDevFlag string
+
+func (f *exeDevFlag) String() string   { return string(*f) }
+func (f *exeDevFlag) IsBoolFlag() bool { return true }
+func (f *exeDevFlag) Set(v string) error {
+	switch strings.ToLower(v) {
+	case "auto":
+		*f = "auto"
+	case "true", "1", "yes":
+		*f = "true"
+	case "false", "0", "no":
+		*f = "false"
+	default:
+		return fmt.Errorf("must be auto, true or false")
+	}
+	return nil
+}
+
+// detectExeDev decides, once at start, whether this server runs on an
+// exe.dev VM: forced by --exedev, else when the host name ends in .exe.xyz.
+func detectExeDev(setting string, hostname func() (string, error)) (bool, string) {
+	switch setting {
+	case "true":
+		return true, "--exedev / EXECLAW_EXEDEV is true"
+	case "false":
+		return false, "--exedev / EXECLAW_EXEDEV is false"
+	}
+	name, err := hostname()
+	if err != nil {
+		return false, "the host name is unknown: " + err.Error()
+	}
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	if strings.HasSuffix(name, ".exe.xyz") {
+		return true, "the host name " + name + " ends in .exe.xyz"
+	}
+	return false, "the host name " + name + " does not end in .exe.xyz"
+}
+
+// mailSender is the transport for mailed transcripts: SMTP when configured,
+// else exe.dev's gateway on exe.dev (or when its address is given), else none.
+func mailSender(c serveConfig, isExeDev bool) (mail.Sender, error) {
+	switch {
+	case c.SMTPAddr != "":
+		return mail.NewSMTP(mail.SMTPConfig{
+			Addr: c.SMTPAddr, TLS: c.SMTPTLS, User: c.SMTPUser, Password: c.SMTPPassword, From: c.SMTPFrom,
+		})
+	case isExeDev || c.ExeDevGateway != "":
+		return mail.NewGateway(c.ExeDevGateway, 0)
+	}
+	return nil, nil
 }
 
 func newLogger(level string, w io.Writer) (*slog.Logger, error) {
@@ -170,28 +272,64 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer st.Close()
 
+	isExeDev, why := detectExeDev(cfg.ExeDev, os.Hostname)
+	log.Info("platform", "exedev", isExeDev, "why", why)
+	sender, err := mailSender(cfg, isExeDev)
+	if err != nil {
+		return fmt.Errorf("e-mail: %w", err)
+	}
+	allow, err := mail.ParsePolicy(cfg.EmailAllow)
+	if err != nil {
+		return err
+	}
+	if sender != nil {
+		log.Info("transcripts can be e-mailed", "via", sender.String(), "allowed", allow.String())
+	}
+
+	met := metrics.New()
 	mgr := session.NewManager(session.Config{
 		DataDir: dataDir, MaxSessions: cfg.MaxSessions, MemoryLimitPercent: cfg.MemoryPercent,
-		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries,
+		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sessions: %w", err)
 	}
+	met.SetStateSource(mgr.StateCounts)
 	mgr.Start()
 
 	srv := api.NewServer(api.Options{
 		Logger: log, Auth: api.Auth{Mode: cfg.Auth, Token: cfg.Token}, Sessions: mgr, Store: st,
 		Models: &llm.Lister{},
 		Platform: api.Platform{
-			Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: reason, Version: version.String(),
+			IsExeDev: isExeDev,
+			Sandbox:  driver.Name(), Isolated: driver.Isolated(), SandboxReason: reason, Version: version.String(),
 			SandboxChecks: sandboxChecks(report),
 		},
-		Assets: web.Assets,
+		Assets:  web.Assets,
+		Email:   api.EmailOptions{Sender: sender, Allow: allow},
+		ExeDev:  api.ExeDevOptions{Enabled: isExeDev || cfg.ExeDevAPI != "", APIURL: cfg.ExeDevAPI},
+		Metrics: met, MetricsElsewhere: cfg.MetricsListen != "",
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		mgr.Close(context.Background())
 		return err
+	}
+	var metricsServer *http.Server
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			mgr.Close(context.Background())
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		open := api.IsLoopbackListen(cfg.MetricsListen)
+		metricsServer = &http.Server{
+			Handler: srv.MetricsHandler(open), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		go func() { _ = metricsServer.Serve(mln) }()
+		log.Info("metrics", "url", "http://"+mln.Addr().String()+"/metrics", "authentication", !open)
 	}
 	httpServer := &http.Server{
 		Handler:           srv,
@@ -221,6 +359,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	srv.CloseStreams()
 	if serr := httpServer.Shutdown(shutdownCtx); serr != nil {
 		log.Warn("http shutdown", "err", serr)
+	}
+	if metricsServer != nil {
+		_ = metricsServer.Shutdown(shutdownCtx)
 	}
 	mgr.Close(shutdownCtx)
 	if errors.Is(err, http.ErrServerClosed) {

@@ -115,7 +115,11 @@ func (r *Runner) Turn(ctx context.Context, ws Workspace, env Environment, text s
 		if herr := r.noteInterruption(wctx, sink, t.partialText(), reason); herr != nil {
 			return herr
 		}
-		return sink.Emit(wctx, event.Error, event.ErrorData{Message: reason})
+		kind := event.ErrorKindProvider
+		if ctx.Err() != nil {
+			kind = "" // cancelled or ended, not the provider's doing
+		}
+		return sink.Emit(wctx, event.Error, event.ErrorData{Message: reason, Kind: kind})
 	}
 	if n := len(result.Steps); n >= r.cfg.MaxSteps && result.Steps[n-1].FinishReason == fantasy.FinishReasonToolCalls {
 		msg := fmt.Sprintf("The turn stopped after %d model calls, the per-turn limit. Send a message to let the agent continue.", n)

@@ -251,5 +251,5 @@ func (t *turn) stepFinish(step fantasy.StepResult) error {
 func (t *turn) retry(err error, wait time.Duration) {
 	msg := describeError(context.Background(), err)
 	msg = t.runner.cfg.LLM.APIKey.Scrub(fmt.Sprintf("%s; retrying in %s", msg, wait.Round(time.Millisecond)))
-	_ = t.emit(event.Error, event.ErrorData{Message: msg})
+	_ = t.emit(event.Error, event.ErrorData{Message: msg, Kind: event.ErrorKindProviderRetry})
 }

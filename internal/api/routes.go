@@ -35,6 +35,10 @@ func (s *Server) routes() http.Handler {
 	r.handle("PATCH", "/api/sessions/{id}", user(s.handle(s.handleRenameSession)))
 	r.handle("POST", "/api/exedev/new", user(s.handle(s.handleExeDevNew)))
 
+	if s.metricsRoute {
+		r.handle("GET", "/metrics", user(s.metrics.Handler()))
+	}
+
 	r.handle("GET", "/{$}", user(s.handle(s.handleIndex)))
 	static := s.handle(s.handleStatic)
 	r.handle("GET", "/static/", loginAssets(static, user(static)))

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/mail"
+	"github.com/execlaw/execlaw/internal/metrics"
 	"github.com/execlaw/execlaw/internal/session"
 	"github.com/execlaw/execlaw/internal/store"
 )
@@ -49,6 +51,11 @@ type Server struct {
 	models   *llm.Lister
 	platform Platform
 	assets   Assets
+	email    EmailOptions
+	exedev   ExeDevOptions
+	metrics  *metrics.Metrics
+	// metricsRoute serves /metrics on the API's own address (with its auth).
+	metricsRoute bool
 
 	// streams ends every open event stream when the server shuts down;
 	// http.Server.Shutdown would otherwise wait for them forever.
@@ -70,6 +77,38 @@ type Options struct {
 	Assets   Assets
 	// Heartbeat is how often an idle event stream gets a comment line (default 15s).
 	Heartbeat time.Duration
+	// Email is how transcripts are mailed; a nil Sender turns e-mail off.
+	Email EmailOptions
+	// ExeDev is the exe.dev API for "send to a new exe.dev VM".
+	ExeDev ExeDevOptions
+	// Metrics, when set, is told of event streams and transcripts sent, and
+	// served on /metrics unless MetricsElsewhere.
+	Metrics *metrics.Metrics
+	// MetricsElsewhere: /metrics is served on its own listener (see
+	// Server.MetricsHandler), not here.
+	MetricsElsewhere bool
+}
+
+// EmailOptions configure mailing transcripts.
+type EmailOptions struct {
+	Sender mail.Sender
+	// Allow is who may receive mail besides the signed-in user's own address.
+	Allow mail.Policy
+	// Timeout bounds sending one message (default 30s).
+	Timeout time.Duration
+}
+
+// ExeDevOptions configure creating exe.dev VMs.
+type ExeDevOptions struct {
+	// Enabled offers the feature (on exe.dev, or when an API URL is set).
+	Enabled bool
+	// APIURL is exe.dev's base URL (default https://exe.dev); requests go
+	// to APIURL + "/exec".
+	APIURL string
+	// Timeout bounds one request (default 60s).
+	Timeout time.Duration
+	// Transport replaces the default HTTP transport (tests).
+	Transport http.RoundTripper
 }
 
 // NewServer builds the HTTP handler.
@@ -78,9 +117,22 @@ func NewServer(o Options) *Server {
 	s := &Server{
 		log: o.Logger, auth: o.Auth, sessions: o.Sessions, store: o.Store, models: o.Models,
 		platform: o.Platform, assets: o.Assets, streams: ctx, stopStreams: cancel, heartbeat: o.Heartbeat,
+		email: o.Email, exedev: o.ExeDev, metrics: o.Metrics, metricsRoute: o.Metrics != nil && !o.MetricsElsewhere,
 	}
 	if s.heartbeat <= 0 {
 		s.heartbeat = 15 * time.Second
+	}
+	if s.email.Timeout <= 0 {
+		s.email.Timeout = 30 * time.Second
+	}
+	if s.exedev.Timeout <= 0 {
+		s.exedev.Timeout = 60 * time.Second
+	}
+	if s.exedev.APIURL == "" {
+		s.exedev.APIURL = DefaultExeDevAPI
+	}
+	if s.email.Sender != nil && s.sessions != nil {
+		s.sessions.SetIdleHook(s.mailIdleTranscript)
 	}
 	if s.models == nil {
 		s.models = &llm.Lister{}
@@ -160,4 +212,30 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(strings.Trim(host, "[]"))
 	return ip != nil && ip.IsLoopback()
+}
+
+// MetricsHandler serves /metrics on a listener of its own: open to anyone
+// who can connect when that listener is loopback-only, else behind the same
+// authentication as the API. Nil when metrics are off.
+func (s *Server) MetricsHandler(loopbackOnly bool) http.Handler {
+	if s.metrics == nil {
+		return nil
+	}
+	h := s.metrics.Handler()
+	if !loopbackOnly {
+		h = s.requireUser(h)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "not found: %s (metrics are at /metrics)", r.URL.Path)
+	}))
+	return securityHeaders(mux)
+}
+
+// IsLoopbackListen reports whether addr (host:port) only listens on a
+// loopback address.
+func IsLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && isLoopback(host)
 }

@@ -36,6 +36,9 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) err
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
+	if req.EmailOnIdle {
+		req.EmailTo = s.idleRecipient(userFrom(r.Context()))
+	}
 	v, err := s.sessions.Create(r.Context(), userFrom(r.Context()), req)
 	if err != nil {
 		return err
@@ -126,19 +129,4 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) err
 	}
 	writeJSON(w, http.StatusOK, okBody)
 	return nil
-}
-
-func (s *Server) handleEmail(w http.ResponseWriter, r *http.Request) error {
-	id, err := sessionID(r)
-	if err != nil {
-		return err
-	}
-	if _, err := s.sessions.View(r.Context(), userFrom(r.Context()), id); err != nil {
-		return err
-	}
-	return errorf(http.StatusNotImplemented, "emailing transcripts is not available on this server yet; download the transcript instead")
-}
-
-func (s *Server) handleExeDevNew(w http.ResponseWriter, r *http.Request) error {
-	return errorf(http.StatusNotImplemented, "sending a transcript to a new exe.dev VM is not available on this server yet")
 }

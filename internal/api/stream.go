@@ -44,6 +44,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 		upTo, live = sub.From, sub.C()
 	}
 
+	s.metrics.StreamOpened()
+	defer s.metrics.StreamClosed()
+
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")

@@ -64,7 +64,7 @@ func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
 		"auth":          s.auth.Mode,
 		"agents":        []string{"builtin"},
 		"providers":     llm.Providers,
-		"features":      map[string]bool{"email": false, "exedevNew": false},
+		"features":      map[string]bool{"email": s.email.Sender != nil, "exedevNew": s.exedev.Enabled},
 	})
 	return nil
 }

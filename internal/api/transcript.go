@@ -1,11 +1,14 @@
 package api
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"regexp"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/session"
+	"github.com/execlaw/execlaw/internal/store"
 	"github.com/execlaw/execlaw/internal/transcript"
 )
 
@@ -50,12 +53,26 @@ func (s *Server) handleTranscript(w http.ResponseWriter, r *http.Request) error 
 		writeJSON(w, http.StatusOK, map[string]any{"session": view, "events": out})
 		return nil
 	}
-	md := transcript.Markdown(transcript.Header{
-		ID: view.ID, Name: view.Name, Provider: view.Provider, Model: view.Model, Sandbox: view.Sandbox,
-		CreatedAt: view.CreatedAt, Usage: view.Usage,
-	}, events)
+	md := transcript.Markdown(transcriptHeader(view), events)
 	w.Header().Set("Content-Type", "text/markdown; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, err = w.Write([]byte(md))
 	return err
+}
+
+func transcriptHeader(view session.View) transcript.Header {
+	return transcript.Header{
+		ID: view.ID, Name: view.Name, Provider: view.Provider, Model: view.Model, Sandbox: view.Sandbox,
+		CreatedAt: view.CreatedAt, Usage: view.Usage,
+	}
+}
+
+// transcriptOf reads what a transcript of the session is made of; the caller
+// has checked the session is the user's.
+func (s *Server) transcriptOf(ctx context.Context, view session.View) (transcript.Header, []store.Event, error) {
+	events, err := s.sessions.Events(ctx, view.ID, 0, 0)
+	if err != nil {
+		return transcript.Header{}, nil, err
+	}
+	return transcriptHeader(view), events, nil
 }

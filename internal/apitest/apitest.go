@@ -22,6 +22,7 @@ import (
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/metrics"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/process"
 	"github.com/execlaw/execlaw/internal/session"
@@ -45,6 +46,16 @@ type Options struct {
 	Platform    api.Platform
 	// Driver replaces the default process driver (built from the test guest binary).
 	Driver sandbox.Driver
+	// Email and ExeDev configure mailing transcripts and creating exe.dev VMs.
+	Email  api.EmailOptions
+	ExeDev api.ExeDevOptions
+	// HookTimeout bounds the session manager's idle hook (default: its own).
+	HookTimeout time.Duration
+	// MetricsElsewhere leaves /metrics off the API's address.
+	MetricsElsewhere bool
+	// Log, when set, receives the server's log (debug level), for tests
+	// that check what is logged.
+	Log io.Writer
 }
 
 // Harness is one running server.
@@ -53,10 +64,11 @@ type Harness struct {
 	DataDir string
 	Opts    Options
 
-	Store *store.Store
-	Mgr   *session.Manager
-	Srv   *api.Server
-	TS    *httptest.Server
+	Store   *store.Store
+	Mgr     *session.Manager
+	Srv     *api.Server
+	TS      *httptest.Server
+	Metrics *metrics.Metrics
 }
 
 // New starts a server and stops it when the test ends.
@@ -79,6 +91,13 @@ func (h *Harness) Start() {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	if h.Opts.Log != nil {
+		w := h.Opts.Log
+		if testing.Verbose() {
+			w = io.MultiWriter(w, os.Stderr)
+		}
+		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	ctx := context.Background()
 	st, err := store.Open(ctx, filepath.Join(h.DataDir, "execlaw.db"))
 	if err != nil {
@@ -91,15 +110,18 @@ func (h *Harness) Start() {
 			t.Fatal(err)
 		}
 	}
+	met := metrics.New()
 	mgr := session.NewManager(session.Config{
 		DataDir: h.DataDir, MaxSessions: h.Opts.MaxSessions, MemoryLimitPercent: h.Opts.MemPercent,
 		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second,
+		Observer: met, HookTimeout: h.Opts.HookTimeout,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
+	met.SetStateSource(mgr.StateCounts)
 	mgr.Start()
-	h.Store, h.Mgr = st, mgr
+	h.Store, h.Mgr, h.Metrics = st, mgr, met
 	platform := h.Opts.Platform
 	if platform.Sandbox == "" {
 		platform = api.Platform{Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: "test", Version: "test"}
@@ -107,6 +129,7 @@ func (h *Harness) Start() {
 	h.Srv = api.NewServer(api.Options{
 		Logger: log, Auth: h.Opts.Auth, Sessions: mgr, Store: st, Models: &llm.Lister{},
 		Platform: platform, Assets: web.Assets, Heartbeat: h.Opts.Heartbeat,
+		Email: h.Opts.Email, ExeDev: h.Opts.ExeDev, Metrics: met, MetricsElsewhere: h.Opts.MetricsElsewhere,
 	})
 	h.TS = httptest.NewServer(h.Srv)
 }

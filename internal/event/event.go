@@ -101,7 +101,18 @@ type ExitData struct {
 // ErrorData is a problem the user should read.
 type ErrorData struct {
 	Message string `json:"message"`
+	// Kind classifies the problem, beyond the contract, for metrics:
+	// ErrorKindProvider, ErrorKindProviderRetry, or empty.
+	Kind string `json:"kind,omitempty"`
 }
+
+// Kinds of error_event.
+const (
+	// ErrorKindProvider is a model call that failed for good: the turn ended.
+	ErrorKindProvider = "provider"
+	// ErrorKindProviderRetry is a model call that failed and is tried again.
+	ErrorKindProviderRetry = "provider_retry"
+)
 
 // Empty is the data of agent_busy and agent_idle.
 type Empty struct{}

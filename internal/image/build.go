@@ -16,17 +16,17 @@ import (
 // BuildOptions say what to build.
 type BuildOptions struct {
 	DataDir     string
-	Name        string // the image's name; default: the profile's
-	Profile     string // "dev" (default) or "minimal"
-	Distro      string // "bookworm" (default) or "noble"
-	Mirror      string // overrides the distribution's mirror
-	GuestBinary string // the static execlaw-guest to put in the initramfs
-	KernelFile  string // a bzImage to use instead of Debian's kernel
-	ModulesDir  string // the modules of KernelFile, if it needs any
-	KernelDeb   string // a kernel .deb to use instead of downloading one
+	Name        string    // the image's name; default: the profile's
+	Profile     string    // "dev" (default) or "minimal"
+	Distro      string    // "bookworm" (default) or "noble"
+	Mirror      string    // overrides the distribution's mirror
+	GuestBinary string    // the static execlaw-guest to put in the initramfs
+	KernelFile  string    // a bzImage to use instead of Debian's kernel
+	ModulesDir  string    // the modules of KernelFile, if it needs any
+	KernelDeb   string    // a kernel .deb to use instead of downloading one
 	Agents      AgentSpec // agent CLIs to install in the root filesystem
 	Force       bool      // rebuild everything even when the inputs did not change
-	Version     string // execlaw's version, recorded in the manifest
+	Version     string    // execlaw's version, recorded in the manifest
 	Out         io.Writer
 }
 

@@ -29,6 +29,9 @@ type Bus struct {
 	seq    int64
 	subs   map[*Subscription]struct{}
 	closed bool // the log is complete: new subscribers get only what is stored
+
+	// observer, when set, is told of every stored event (metrics).
+	observer Observer
 }
 
 // NewBus opens the log of a session whose last stored event is lastSeq.
@@ -58,6 +61,9 @@ func (b *Bus) Append(ctx context.Context, typ string, data any) (store.Event, er
 		return store.Event{}, err
 	}
 	b.seq = e.Seq
+	if b.observer != nil {
+		b.observer.Event(typ, raw)
+	}
 	for s := range b.subs {
 		select {
 		case s.c <- e:

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,31 @@ type Config struct {
 	LLMRetries int
 	// LLMClient is used for model calls; nil means llm.DefaultHTTPClient.
 	LLMClient *http.Client
+	// Observer is told what happens in sessions (metrics); nil for none.
+	Observer Observer
+	// HookTimeout bounds the idle hook for one session (default 60s).
+	HookTimeout time.Duration
 }
+
+// Observer watches sessions without taking part in them: its methods are
+// called synchronously on the sessions' own paths, so they must be quick and
+// must not call back into the manager.
+type Observer interface {
+	// Event is every event stored in any session's log, as stored.
+	Event(typ string, data json.RawMessage)
+	// SandboxStarted is a sandbox boot that finished, well (err nil) or not.
+	SandboxStarted(driver string, took time.Duration, err error)
+	// SandboxExited is a running sandbox that went away on its own.
+	SandboxExited(driver string)
+}
+
+// IdleHook runs after the idle reaper has ended a session whose owner asked
+// for its transcript (emailOnIdle), with the session as it ended and the
+// address to send it to. It runs in its own goroutine, under a deadline.
+type IdleHook func(ctx context.Context, v View, to string)
+
+// States lists every state a session can be in, in lifecycle order.
+var States = []string{StateCreating, StateBooting, StateActive, StateBusy, StateStopping, StateStopped, StateError}
 
 // User is who owns a session.
 type User struct {
@@ -71,9 +96,13 @@ type Manager struct {
 	mu       sync.Mutex
 	sessions map[string]*Session // running: not yet stopped or failed
 	closing  bool
+	idleHook IdleHook
 
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
+	// reaped counts what the reaper started (ending a session, then its idle
+	// hook); Close waits for them.
+	reaped sync.WaitGroup
 }
 
 // NewManager makes a manager. Call Recover before serving and Close at the end.
@@ -89,6 +118,9 @@ func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Lo
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 30 * time.Second
+	}
+	if cfg.HookTimeout <= 0 {
+		cfg.HookTimeout = 60 * time.Second
 	}
 	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}}
 }
@@ -180,11 +212,83 @@ func (m *Manager) ReapIdle(now time.Time) {
 			idle = append(idle, s)
 		}
 	}
+	if m.closing {
+		idle = nil // Close ends them
+	}
+	// Counted under the lock, so Close (which sets closing under it before
+	// waiting) never waits on a count that can still grow.
+	m.reaped.Add(len(idle))
 	m.mu.Unlock()
 	for _, s := range idle {
 		m.log.Info("ending idle session", "session", s.id, "idleTimeoutMin", s.idleTimeoutMin)
-		go s.terminate(StateStopped, 0, fmt.Sprintf("idle timeout: no activity for %d minutes", s.idleTimeoutMin))
+		go func() {
+			defer m.reaped.Done()
+			if s.terminate(StateStopped, 0, fmt.Sprintf("idle timeout: no activity for %d minutes", s.idleTimeoutMin)) {
+				m.afterIdle(s)
+			}
+		}()
 	}
+}
+
+// SetIdleHook sets what runs after the reaper ends a session that asked for
+// its transcript; nil for nothing.
+func (m *Manager) SetIdleHook(h IdleHook) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.idleHook = h
+}
+
+// afterIdle runs the idle hook for a session the reaper has just ended.
+func (m *Manager) afterIdle(s *Session) {
+	m.mu.Lock()
+	hook := m.idleHook
+	m.mu.Unlock()
+	if hook == nil || !s.settings.EmailOnIdle || s.settings.EmailTo == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.HookTimeout)
+	defer cancel()
+	rec, err := m.store.GetSession(ctx, s.id)
+	if err != nil {
+		m.log.Error("idle hook: read session", "session", s.id, "err", err)
+		return
+	}
+	last, err := m.store.LastSeq(ctx, s.id)
+	if err != nil {
+		m.log.Error("idle hook: read session", "session", s.id, "err", err)
+		return
+	}
+	hook(ctx, viewOf(rec, last, time.Now()), s.settings.EmailTo)
+}
+
+// StateCounts counts every session by state: the running ones as they are
+// now, ended ones from the store. Every state is present, zero or not.
+func (m *Manager) StateCounts(ctx context.Context) (map[string]int, error) {
+	stored, err := m.store.CountByState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	counts := make(map[string]int, len(States))
+	for _, st := range States {
+		counts[st] = 0
+	}
+	// Stored states of running sessions lag (busy is never stored); only
+	// the final ones are taken from the store.
+	counts[StateStopped] = stored[StateStopped]
+	counts[StateError] = stored[StateError]
+	m.mu.Lock()
+	running := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		running = append(running, s)
+	}
+	m.mu.Unlock()
+	for _, s := range running {
+		s.mu.Lock()
+		st := s.rec.State
+		s.mu.Unlock()
+		counts[st]++
+	}
+	return counts, nil
 }
 
 // Close ends every session (their sandboxes are stopped) and the reaper.
@@ -205,7 +309,8 @@ func (m *Manager) Close(ctx context.Context) {
 		wg.Go(func() { s.terminate(StateStopped, 0, "the server is shutting down") })
 	}
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	// closing is set, so ReapIdle adds nothing to reaped any more.
+	go func() { wg.Wait(); m.reaped.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():

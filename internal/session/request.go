@@ -33,6 +33,12 @@ type CreateRequest struct {
 	// Thinking turns extended thinking on or off; by default it is on for
 	// Anthropic models the catalogue marks as reasoning models.
 	Thinking *bool `json:"thinking,omitempty"`
+	// EmailOnIdle mails the transcript to the owner when the idle reaper
+	// ends the session (an extension of NewSession).
+	EmailOnIdle bool `json:"emailOnIdle,omitempty"`
+	// EmailTo is where that mail goes. It is not read from the request: the
+	// API fills it in from the signed-in user and the server's mail policy.
+	EmailTo string `json:"-"`
 }
 
 // Limits of a session's settings.
@@ -62,6 +68,8 @@ type settings struct {
 	VCPUs          int      `json:"vcpus"`
 	MemoryMiB      int      `json:"memoryMiB"`
 	ThinkingBudget int64    `json:"thinkingBudget,omitempty"`
+	EmailOnIdle    bool     `json:"emailOnIdle,omitempty"`
+	EmailTo        string   `json:"emailTo,omitempty"`
 }
 
 // ValidationError is a request the client must fix.
@@ -177,9 +185,16 @@ func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
 		budget = DefaultThinkingBudget
 	}
 
+	if r.EmailOnIdle && r.EmailTo == "" {
+		return rec, set, llm.Secret{}, invalid("emailOnIdle is not available: this server cannot e-mail you (no mail transport is configured, or your address is unknown and the operator allowed none)")
+	}
 	set = settings{
 		BaseURL: r.BaseURL, SystemPrompt: r.SystemPrompt, Temperature: r.Temperature, MaxTokens: r.MaxTokens,
 		Network: network, VCPUs: vcpus, MemoryMiB: mem, ThinkingBudget: budget,
+		EmailOnIdle: r.EmailOnIdle,
+	}
+	if r.EmailOnIdle {
+		set.EmailTo = r.EmailTo
 	}
 	raw, err := json.Marshal(set)
 	if err != nil {
@@ -255,6 +270,7 @@ type View struct {
 	BaseURL     string     `json:"baseUrl,omitempty"`
 	EndedAt     *time.Time `json:"endedAt,omitempty"`
 	LastEventID int64      `json:"lastEventId"`
+	EmailOnIdle bool       `json:"emailOnIdle,omitempty"`
 }
 
 func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
@@ -264,6 +280,7 @@ func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
 		Agent: rec.Agent, Sandbox: rec.Sandbox, Isolated: rec.Isolated,
 		CreatedAt: rec.CreatedAt, LastActivity: rec.LastActivity, IdleTimeoutMin: rec.IdleTimeoutMin,
 		Usage: rec.Usage, Error: rec.Error, Network: set.Network, BaseURL: set.BaseURL, LastEventID: lastEventID,
+		EmailOnIdle: set.EmailOnIdle,
 	}
 	end := now
 	if !rec.EndedAt.IsZero() {

@@ -47,9 +47,11 @@ type Session struct {
 
 func newSession(m *Manager, rec store.Session, set settings, runner *agent.Runner) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
+	bus := NewBus(m.store, rec.ID, 0)
+	bus.observer = m.cfg.Observer
 	return &Session{
 		m: m, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
-		bus: NewBus(m.store, rec.ID, 0), runner: runner,
+		bus: bus, runner: runner,
 		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
 		rec: rec,
 	}
@@ -113,13 +115,17 @@ func (s *Session) boot() {
 			s.m.log.Error("record boot", "session", s.id, "err", err)
 		}
 		dir := s.m.sandboxDir(s.id)
+		started := time.Now()
 		sb, err := s.startSandbox(dir)
+		took := time.Since(started)
 		s.mu.Lock()
 		if err != nil {
 			s.bootErr = err
 			stopping := s.terminating
 			s.mu.Unlock()
+			// A boot cut short by the session ending is no failure.
 			if !stopping {
+				s.observeBoot(took, err)
 				s.m.log.Error("sandbox failed to start", "session", s.id, "err", err)
 				go s.terminate(StateError, 1, "the sandbox failed to start: "+err.Error())
 			}
@@ -135,11 +141,18 @@ func (s *Session) boot() {
 		}
 		s.sb = sb
 		s.mu.Unlock()
+		s.observeBoot(took, nil)
 		if err := s.setState(StateActive, "ready", "the sandbox is ready"); err != nil {
 			s.m.log.Error("record boot", "session", s.id, "err", err)
 		}
 		go s.watch(sb)
 	}()
+}
+
+func (s *Session) observeBoot(took time.Duration, err error) {
+	if o := s.m.cfg.Observer; o != nil {
+		o.SandboxStarted(s.m.driver.Name(), took, err)
+	}
 }
 
 func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
@@ -183,6 +196,9 @@ func (s *Session) watch(sb sandbox.Sandbox) {
 	select {
 	case <-sb.Done():
 		if err := sb.ExitError(); err != nil {
+			if o := s.m.cfg.Observer; o != nil {
+				o.SandboxExited(s.m.driver.Name())
+			}
 			go s.terminate(StateError, 1, "the sandbox exited unexpectedly: "+err.Error())
 		}
 	case <-s.ctx.Done():
@@ -292,13 +308,13 @@ func (s *Session) cancelTurn() bool {
 }
 
 // terminate ends the session in a final state (stopped or error). Concurrent
-// calls wait for the first to finish.
-func (s *Session) terminate(final string, code int, reason string) {
+// calls wait for the first to finish; only the first returns true.
+func (s *Session) terminate(final string, code int, reason string) bool {
 	s.mu.Lock()
 	if s.terminating {
 		s.mu.Unlock()
 		<-s.done
-		return
+		return false
 	}
 	s.terminating = true
 	s.mu.Unlock()
@@ -339,6 +355,7 @@ func (s *Session) terminate(final string, code int, reason string) {
 	s.bus.CloseAll()
 	s.m.forget(s)
 	s.m.log.Info("session ended", "session", s.id, "state", final, "reason", reason)
+	return true
 }
 
 // sessionSink is what the agent writes its turn into.

@@ -26,7 +26,11 @@ type Header struct {
 }
 
 // Markdown renders the events as a Markdown document.
-func Markdown(h Header, events []store.Event) string {
+func Markdown(h Header, events []store.Event) string { return render(h, events, false) }
+
+// render writes the document. forHTML leaves out the raw <details> block
+// around thinking (safe HTML rendering drops raw HTML) and labels it instead.
+func render(h Header, events []store.Event, forHTML bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n", oneLine(h.Name))
 	fmt.Fprintf(&b, "- Session: `%s`\n- Model: %s / %s\n- Sandbox: %s\n- Started: %s\n",
@@ -47,7 +51,9 @@ func Markdown(h Header, events []store.Event) string {
 			}
 		case event.Thinking:
 			var d event.MessageData
-			if decode(e, &d) {
+			if decode(e, &d) && forHTML {
+				fmt.Fprintf(&b, "\n*Thinking:*\n\n%s\n", quote(d.Content))
+			} else if decode(e, &d) {
 				fmt.Fprintf(&b, "\n<details><summary>Thinking</summary>\n\n%s\n\n</details>\n", quote(d.Content))
 			}
 		case event.ToolCall:
@@ -116,9 +122,14 @@ func prettyJSON(raw json.RawMessage) string {
 	if json.Unmarshal(raw, &v) != nil {
 		return string(raw)
 	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	// Not MarshalIndent: it writes <, > and & as \u003c..., which nobody
+	// reading a transcript wants to decode.
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if enc.Encode(v) != nil {
 		return string(raw)
 	}
-	return string(b)
+	return strings.TrimSuffix(b.String(), "\n")
 }

@@ -65,7 +65,8 @@ export const api = {
   cancel: (id) => call('POST', sid(id) + '/cancel', {}),
   end: (id) => call('DELETE', sid(id)),
   email: (id, to) => call('POST', sid(id) + '/email', { to }),
-  exedevNew: (vmName, prompt, token) => call('POST', '/api/exedev/new', { vmName, prompt, token }),
+  // sessionId (an extension) makes the server append that session's transcript to the prompt.
+  exedevNew: (vmName, prompt, token, sessionId) => call('POST', '/api/exedev/new', { vmName, prompt, token, sessionId }),
   transcriptURL: (id, format = 'md') => sid(id) + '/transcript?format=' + format,
   streamURL: (id, after) => sid(id) + '/stream' + (after > 0 ? '?after=' + after : ''),
   async logout() {

@@ -110,9 +110,10 @@ export function openExeDev(view) {
   problem.textContent = '';
   result.hidden = true;
   const name = $('#exedev-name');
-  if (!name.value) name.value = String(view.info.name || 'execlaw').toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40) || 'execlaw';
+  if (!name.value) name.value = String(view.info.name || 'execlaw').toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 30).replace(/^-+|-+$/g, '') || 'execlaw';
   const prompt = $('#exedev-prompt');
-  if (!prompt.value) prompt.value = `Continue the work of the ExeClaw session “${view.info.name}”.`;
+  // The server appends the session's transcript to this prompt.
+  if (!prompt.value) prompt.value = `Continue the work of the ExeClaw session “${view.info.name}”; its transcript follows.`;
   form.onsubmit = async (e) => {
     e.preventDefault();
     if (!form.checkValidity()) {
@@ -121,14 +122,15 @@ export function openExeDev(view) {
     }
     problem.textContent = '';
     try {
-      const r = await api.exedevNew(name.value.trim(), prompt.value, $('#exedev-token').value);
+      const r = await api.exedevNew(name.value.trim(), prompt.value, $('#exedev-token').value, view.id);
       const links = [];
       for (const [label, url] of [['VM', r.url], ['Shelley', r.shelleyUrl]]) {
         if (typeof url === 'string' && /^https:\/\//.test(url)) {
           links.push(h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', text: `${label}: ${url}` }), h('br'));
         }
       }
-      result.replaceChildren(h('span', { text: `Created ${r.vmName || name.value}. ` }), ...links);
+      const note = r.truncated ? ' The transcript was too long for exe.dev and was cut; the prompt says so.' : '';
+      result.replaceChildren(h('span', { text: `Created ${r.vmName || name.value}.${note} ` }), ...links);
       result.hidden = false;
       $('#exedev-token').value = '';
     } catch (err) {

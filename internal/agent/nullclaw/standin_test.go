@@ -1,0 +1,407 @@
+package nullclaw
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/nullclawtest"
+)
+
+const testToken = "tok-0123456789abcdef"
+
+func newStandIn(t *testing.T) (*nullclawtest.Server, *Client) {
+	t.Helper()
+	srv := nullclawtest.New(t, testToken)
+	t.Cleanup(func() {
+		for _, v := range srv.Violations() {
+			t.Errorf("stand-in saw a bad request: %s", v)
+		}
+	})
+	return srv, NewClient(srv.URL, nil, testToken)
+}
+
+func runTurn(t *testing.T, c *Client, rec *recorder, ctxID, text string) Outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := RunTurn(ctx, c, rec, ctxID, text, TurnOptions{})
+	if err != nil {
+		t.Fatalf("RunTurn: %v", err)
+	}
+	return out
+}
+
+func TestStreamedTextBecomesDeltasAndMessage(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("Hel")
+		tn.Chunk("lo, ")
+		tn.Chunk("wörld")
+		tn.Complete()
+	})
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "say hello")
+
+	eqStrings(t, rec.summary(), []string{
+		"message_delta:Hel", "message_delta:lo, ", "message_delta:wörld", "message:Hello, wörld",
+	})
+	checkPairing(t, rec.all())
+	if out.State != StateCompleted || out.Err != nil || out.TaskID != "task-1" || out.ContextID != "sess-1" {
+		t.Errorf("outcome %+v", out)
+	}
+
+	// The request, as the stand-in saw it.
+	reqs := srv.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests", len(reqs))
+	}
+	r := reqs[0]
+	if r.RPCMethod != "message/stream" || r.Auth != "Bearer "+testToken || r.Path != "/a2a" {
+		t.Errorf("request %s %s auth %q", r.RPCMethod, r.Path, r.Auth)
+	}
+	var p struct {
+		Message struct {
+			Kind, MessageID, Role, ContextID string
+			Parts                            []struct{ Kind, Text string }
+		}
+	}
+	if err := json.Unmarshal(r.Params, &p); err != nil {
+		t.Fatal(err)
+	}
+	m := p.Message
+	if m.Kind != "message" || m.Role != "user" || m.MessageID == "" || m.ContextID != "sess-1" ||
+		len(m.Parts) != 1 || m.Parts[0].Kind != "text" || m.Parts[0].Text != "say hello" {
+		t.Errorf("message %+v", m)
+	}
+	if st, _ := srv.TaskState("task-1"); st != "completed" {
+		t.Errorf("stand-in task state %q", st)
+	}
+}
+
+func TestToolHintsBecomeToolCallsWithResults(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("Let me look.")
+		tn.ToolHint("shell")
+		tn.ToolHint("file_read")
+		tn.Chunk("Found ")
+		tn.Chunk("it.")
+		tn.Complete()
+	})
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "find it")
+
+	eqStrings(t, rec.summary(), []string{
+		"message_delta:Let me look.", "message:Let me look.",
+		"tool_call:shell", "tool_result:shell",
+		"tool_call:file_read", "tool_result:file_read",
+		"message_delta:Found ", "message_delta:it.", "message:Found it.",
+	})
+	checkPairing(t, rec.all())
+	evs := rec.all()
+	call, res := evs[2].Data, evs[3].Data
+	if call["id"] != res["id"] || res["output"] != ToolResultUnreported || res["isError"] != false {
+		t.Errorf("tool call %v result %v", call, res)
+	}
+	if in, _ := json.Marshal(call["input"]); string(in) != "{}" {
+		t.Errorf("tool input %s", in)
+	}
+	// Text blocks on either side of the tools are distinct messages.
+	if evs[0].Data["messageId"] == evs[6].Data["messageId"] {
+		t.Error("text after a tool call reused the message id")
+	}
+	if out.State != StateCompleted {
+		t.Errorf("outcome %+v", out)
+	}
+}
+
+func TestFailedTurnReportsError(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("Working on")
+		tn.ToolHint("shell")
+		tn.Fail()
+	})
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "do it")
+
+	eqStrings(t, rec.summary(), []string{
+		"message_delta:Working on", "message:Working on",
+		"tool_call:shell", "tool_result:shell!",
+		"error_event:nullclaw: Agent processing failed (JSON-RPC error -32603)",
+	})
+	checkPairing(t, rec.all())
+	var re *RPCError
+	if !errors.As(out.Err, &re) || re.Code != CodeInternalError {
+		t.Errorf("outcome err %v", out.Err)
+	}
+	if st, _ := srv.TaskState("task-1"); st != "failed" {
+		t.Errorf("stand-in task state %q", st)
+	}
+}
+
+func TestCancelEndsTheTurn(t *testing.T) {
+	srv, c := newStandIn(t)
+	started := make(chan struct{})
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("Starting a long job")
+		tn.ToolHint("shell")
+		close(started)
+		if !tn.WaitCanceled(10 * time.Second) {
+			t.Error("tasks/cancel never came")
+		}
+		// The interrupted turn returns; nullclaw keeps the task canceled and
+		// says so in the final event.
+		tn.Complete()
+	})
+	rec := newRecorder(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-started; cancel() }()
+	out, err := RunTurn(ctx, c, rec, "sess-1", "run forever", TurnOptions{CancelGrace: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	eqStrings(t, rec.summary(), []string{
+		"message_delta:Starting a long job", "message:Starting a long job",
+		"tool_call:shell", "tool_result:shell!",
+	})
+	checkPairing(t, rec.all())
+	if out.State != StateCanceled || out.Err != nil {
+		t.Errorf("outcome %+v", out)
+	}
+	var cancelReq *nullclawtest.Request
+	for _, r := range srv.Requests() {
+		if r.RPCMethod == "tasks/cancel" {
+			cancelReq = &r
+		}
+	}
+	if cancelReq == nil {
+		t.Fatal("no tasks/cancel request")
+	}
+	if string(cancelReq.Params) != `{"id":"task-1"}` || cancelReq.Auth != "Bearer "+testToken {
+		t.Errorf("cancel params %s auth %q", cancelReq.Params, cancelReq.Auth)
+	}
+	if st, _ := srv.TaskState("task-1"); st != "canceled" {
+		t.Errorf("stand-in task state %q", st)
+	}
+}
+
+func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
+	srv, c := newStandIn(t)
+	started := make(chan struct{})
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("stuck")
+		close(started)
+		tn.WaitCanceled(10 * time.Second)
+		// An agent that never returns: no final event until the client leaves.
+		select {
+		case <-tn.Gone():
+		case <-tn.Stopped():
+		}
+	})
+	rec := newRecorder(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-started; cancel() }()
+	begin := time.Now()
+	out, err := RunTurn(ctx, c, rec, "sess-1", "hang", TurnOptions{CancelGrace: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("gave up after %v", d)
+	}
+	// No error_event: the caller cancelled and reports it.
+	eqStrings(t, rec.summary(), []string{"message_delta:stuck", "message:stuck"})
+	if out.State != StateWorking || out.Err != nil {
+		t.Errorf("outcome %+v", out)
+	}
+}
+
+func TestCancelDirect(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) { tn.Chunk("done"); tn.Complete() })
+	rec := newRecorder(t)
+	runTurn(t, c, rec, "sess-1", "x")
+	ctx := context.Background()
+
+	err := c.Cancel(ctx, "task-1")
+	if !IsNotCancelable(err) {
+		t.Errorf("cancel of a completed task: %v", err)
+	}
+	if err := c.Cancel(ctx, "task-99"); !IsNotCancelable(err) {
+		t.Errorf("cancel of an unknown task: %v", err)
+	}
+	if err := c.Cancel(ctx, "bad\nid"); !errors.Is(err, ErrRequest) {
+		t.Errorf("cancel with a bad id: %v", err)
+	}
+	task, err := c.GetTask(ctx, "task-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.Status.State != StateCompleted || len(task.Artifacts) != 1 || partsText(task.Artifacts[0].Parts) != "done" ||
+		len(task.History) != 2 || task.History[0].Text() != "x" {
+		t.Errorf("task %+v", task)
+	}
+	if err := c.Health(ctx); err != nil {
+		t.Errorf("health: %v", err)
+	}
+}
+
+func TestConversationKeepsContext(t *testing.T) {
+	srv, c := newStandIn(t)
+	rec := newRecorder(t)
+	runTurn(t, c, rec, "sess-7", "one")
+	runTurn(t, c, rec, "sess-7", "two")
+	turns := srv.Turns()
+	if len(turns) != 2 || turns[0].ContextID != "sess-7" || turns[1].ContextID != "sess-7" || turns[0].TaskID == turns[1].TaskID {
+		t.Errorf("turns %+v %+v", turns[0], turns[1])
+	}
+	checkPairing(t, rec.all())
+}
+
+func TestTextReachesNullclawWithFewestEscapes(t *testing.T) {
+	srv, c := newStandIn(t)
+	rec := newRecorder(t)
+	text := `if a < b && c > d { print("x") }` + "\nnext line ✓"
+	runTurn(t, c, rec, "sess-1", text)
+	tn := srv.Turns()[0]
+	if tn.Text != text {
+		t.Errorf("decoded text %q", tn.Text)
+	}
+	// nullclaw does not unescape: only what JSON requires is escaped.
+	want := `if a < b && c > d { print(\"x\") }\nnext line ✓`
+	if tn.RawText != want {
+		t.Errorf("nullclaw would see %q, want %q", tn.RawText, want)
+	}
+}
+
+func TestUnauthorized(t *testing.T) {
+	srv := nullclawtest.New(t, testToken)
+	c := NewClient(srv.URL, nil, "wrong-token-0000000")
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "hi")
+	var he *HTTPError
+	if !errors.As(out.Err, &he) || he.StatusCode != 401 || he.Message != "unauthorized" {
+		t.Errorf("err %v", out.Err)
+	}
+	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
+	if out.TaskID != "" {
+		t.Errorf("outcome %+v", out)
+	}
+}
+
+func TestRequestValidation(t *testing.T) {
+	srv, c := newStandIn(t)
+	ctx := context.Background()
+	on := func(Event) error { return nil }
+	if err := c.Stream(ctx, "bad context id", "hi", on); !errors.Is(err, ErrRequest) {
+		t.Errorf("bad context id: %v", err)
+	}
+	if err := c.Stream(ctx, "ok", "", on); !errors.Is(err, ErrRequest) {
+		t.Errorf("empty text: %v", err)
+	}
+	if err := c.Stream(ctx, "ok", "bad \xff utf8", on); !errors.Is(err, ErrRequest) {
+		t.Errorf("invalid UTF-8: %v", err)
+	}
+	if err := c.Stream(ctx, "ok", strings.Repeat("x", 70<<10), on); !errors.Is(err, ErrRequest) {
+		t.Errorf("oversized: %v", err)
+	}
+	if n := len(srv.Requests()); n != 0 {
+		t.Errorf("%d requests sent", n)
+	}
+	for _, u := range []string{"", "ftp://x", "http://", "http://h/?q=1", "://bad"} {
+		if err := NewClient(u, nil, "").Stream(ctx, "", "hi", on); !errors.Is(err, ErrRequest) {
+			t.Errorf("base URL %q: %v", u, err)
+		}
+	}
+	if got := NewClient("http://127.0.0.1:3000/", nil, "").Endpoint(); got != "http://127.0.0.1:3000/a2a" {
+		t.Errorf("endpoint %q", got)
+	}
+	if got := NewClient("http://127.0.0.1:3000/a2a", nil, "").Endpoint(); got != "http://127.0.0.1:3000/a2a" {
+		t.Errorf("endpoint %q", got)
+	}
+}
+
+func TestEmitFailureStopsTheTurn(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		for range 20 {
+			tn.Chunk("x")
+		}
+		tn.Complete()
+	})
+	rec := newRecorder(t)
+	rec.failAt = 3
+	out, err := RunTurn(context.Background(), c, rec, "sess-1", "hi", TurnOptions{})
+	if !errors.Is(err, errEmit) {
+		t.Errorf("err %v, outcome %+v", err, out)
+	}
+	if n := len(rec.all()); n != 2 {
+		t.Errorf("%d events recorded", n)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.Chunk("then silence")
+		select {
+		case <-tn.Gone():
+		case <-tn.Stopped():
+		}
+	})
+	c.IdleTimeout = 200 * time.Millisecond
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "hi")
+	if !errors.Is(out.Err, ErrIdle) {
+		t.Errorf("err %v", out.Err)
+	}
+	eqStrings(t, rec.summary(), []string{
+		"message_delta:then silence", "message:then silence",
+		"error_event:nullclaw: no output for too long; the turn was abandoned",
+	})
+}
+
+func TestAgentCard(t *testing.T) {
+	// The stand-in answers discovery as nullclaw does (handleAgentCard).
+	srv, _ := newStandIn(t)
+	resp, err := http.Get(srv.URL + "/.well-known/agent-card.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var card struct {
+		ProtocolVersion string `json:"protocolVersion"`
+		Capabilities    struct{ Streaming bool }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&card); err != nil || card.ProtocolVersion != "0.3.0" || !card.Capabilities.Streaming {
+		t.Errorf("card %+v (%v)", card, err)
+	}
+}
+
+func TestUnstreamedReplyIsFetched(t *testing.T) {
+	srv, c := newStandIn(t)
+	srv.Enqueue(func(tn *nullclawtest.Turn) {
+		tn.ToolHint("shell")
+		tn.SetReply("the whole answer")
+		tn.Complete()
+	})
+	rec := newRecorder(t)
+	out := runTurn(t, c, rec, "sess-1", "hi")
+	eqStrings(t, rec.summary(), []string{"tool_call:shell", "tool_result:shell",
+		"message_delta:the whole answer", "message:the whole answer"})
+	checkPairing(t, rec.all())
+	if out.State != StateCompleted || out.Err != nil {
+		t.Errorf("outcome %+v", out)
+	}
+	last := srv.Requests()[len(srv.Requests())-1]
+	if last.RPCMethod != "tasks/get" || string(last.Params) != `{"id":"task-1"}` {
+		t.Errorf("last request %s %s", last.RPCMethod, last.Params)
+	}
+}
