@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -35,8 +34,9 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 
 // Client calls one guest's control API. It is safe for concurrent use.
 type Client struct {
-	tr *http.Transport
-	hc *http.Client
+	dial Dialer // for upgraded connections, which never go back to the pool
+	tr   *http.Transport
+	hc   *http.Client
 }
 
 // NewClient returns a client that reaches the guest through dial.
@@ -56,7 +56,8 @@ func NewClient(dial Dialer) *Client {
 		DisableCompression:     true, // a compressed body could expand past every limit below
 	}
 	return &Client{
-		tr: tr,
+		dial: dial,
+		tr:   tr,
 		hc: &http.Client{
 			Transport: tr,
 			// A redirect from the guest is never legitimate; surface it as an error.
@@ -136,14 +137,8 @@ func (c *Client) Shutdown(ctx context.Context) error {
 // result. Errors are for commands that could not be run, a guest that broke
 // the protocol, or ctx ending.
 func (c *Client) Exec(ctx context.Context, req ExecRequest, output func(stream string, data []byte)) (ExecResult, error) {
-	switch {
-	case len(req.Argv) == 0:
-		return ExecResult{}, &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: "exec: empty argv"}
-	case len(req.Stdin) > MaxStdinBytes:
-		return ExecResult{}, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
-			Message: fmt.Sprintf("exec: stdin is %d bytes, limit %d", len(req.Stdin), MaxStdinBytes)}
-	case req.TimeoutSec < 0:
-		return ExecResult{}, &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: "exec: negative timeout"}
+	if err := checkExec(req); err != nil {
+		return ExecResult{}, err
 	}
 	if _, ok := ctx.Deadline(); !ok && req.TimeoutSec > 0 {
 		var cancel context.CancelFunc
@@ -163,50 +158,40 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, output func(stream s
 		return ExecResult{}, fmt.Errorf("guest exec: unexpected content type %q", truncate(resp.Header.Get("Content-Type"), 100))
 	}
 
-	// A frame longer than the buffer is a protocol violation, so the reader
-	// never holds more than MaxFrameBytes of one line.
-	br := bufio.NewReaderSize(resp.Body, MaxFrameBytes)
+	fr := newFrameReader(resp.Body)
 	for {
-		line, rerr := br.ReadSlice('\n')
-		if errors.Is(rerr, bufio.ErrBufferFull) {
-			return ExecResult{}, fmt.Errorf("guest exec: frame larger than %d bytes", MaxFrameBytes)
-		}
-		if rerr != nil && rerr != io.EOF {
-			return ExecResult{}, streamErr(ctx, rerr)
-		}
-		if line = bytes.TrimSpace(line); len(line) > 0 {
-			var f ExecFrame
-			if err := json.Unmarshal(line, &f); err != nil {
-				return ExecResult{}, fmt.Errorf("guest exec: bad frame: %w", err)
+		f, err := fr.next()
+		if err != nil {
+			if _, ok := errors.AsType[protocolError](err); ok {
+				return ExecResult{}, fmt.Errorf("guest exec: %w", err)
 			}
-			switch f.Type {
-			case FrameStdout, FrameStderr:
-				if len(f.Data) > MaxExecChunkBytes {
-					return ExecResult{}, fmt.Errorf("guest exec: output chunk of %d bytes exceeds %d", len(f.Data), MaxExecChunkBytes)
-				}
-				if output != nil && len(f.Data) > 0 {
-					output(f.Type, f.Data)
-				}
-			case FrameExit:
-				if f.DurationMs < 0 {
-					return ExecResult{}, fmt.Errorf("guest exec: negative duration in exit frame")
-				}
-				return ExecResult{
-					ExitCode: f.ExitCode,
-					Signal:   truncate(f.Signal, 64),
-					TimedOut: f.TimedOut,
-					Duration: time.Duration(f.DurationMs) * time.Millisecond,
-				}, nil
-			case FrameError:
-				return ExecResult{}, &Error{Status: resp.StatusCode, Code: CodeInternal, Message: truncate(f.Message, maxMessageBytes)}
-			default:
-				return ExecResult{}, fmt.Errorf("guest exec: unknown frame type %q", truncate(f.Type, 32))
-			}
+			return ExecResult{}, streamErr(ctx, err)
 		}
-		if rerr == io.EOF {
-			return ExecResult{}, streamErr(ctx, io.ErrUnexpectedEOF)
+		switch f.Type {
+		case FrameStdout, FrameStderr:
+			if output != nil && len(f.Data) > 0 {
+				output(f.Type, f.Data)
+			}
+		case FrameExit:
+			return f.Result(), nil
+		case FrameError:
+			return ExecResult{}, &Error{Status: resp.StatusCode, Code: CodeInternal, Message: f.Message}
 		}
 	}
+}
+
+// checkExec refuses what the guest would refuse anyway, without a round trip.
+func checkExec(req ExecRequest) error {
+	switch {
+	case len(req.Argv) == 0:
+		return &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: "exec: empty argv"}
+	case len(req.Stdin) > MaxStdinBytes:
+		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+			Message: fmt.Sprintf("exec: stdin is %d bytes, limit %d", len(req.Stdin), MaxStdinBytes)}
+	case req.TimeoutSec < 0:
+		return &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: "exec: negative timeout"}
+	}
+	return nil
 }
 
 // streamErr prefers the caller's cancellation over the transport error it caused.
@@ -310,6 +295,8 @@ func codeForStatus(status int) string {
 		return CodeTooLarge
 	case http.StatusForbidden:
 		return CodePermission
+	case http.StatusConflict:
+		return CodeConflict
 	default:
 		return CodeInternal
 	}
@@ -317,7 +304,7 @@ func codeForStatus(status int) string {
 
 func knownCode(c string) bool {
 	switch c {
-	case CodeNotFound, CodeInvalid, CodeTooLarge, CodeIsDir, CodePermission, CodeInternal:
+	case CodeNotFound, CodeInvalid, CodeTooLarge, CodeIsDir, CodePermission, CodeInternal, CodeConflict:
 		return true
 	}
 	return false

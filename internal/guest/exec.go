@@ -32,34 +32,12 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-
-	// The parent's copies of the write ends are closed once the child holds
-	// its own, so readers see EOF when every process holding them is gone.
-	outR, outW, err := os.Pipe()
+	p, err := s.spawn(cmd, false)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		writeError(w, err)
-		return
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	start := time.Now()
-	err = s.startCmd(cmd)
-	outW.Close()
-	errW.Close()
-	if err != nil {
-		outR.Close()
-		errR.Close()
-		writeError(w, err)
-		return
-	}
-	pgid := cmd.Process.Pid
-	s.log.Info("exec", "cmd", filepath.Base(req.Argv[0]), "args", len(req.Argv)-1, "pid", pgid, "timeoutSec", req.TimeoutSec)
+	s.log.Info("exec", "cmd", filepath.Base(req.Argv[0]), "args", len(req.Argv)-1, "pid", p.pgid, "timeoutSec", req.TimeoutSec)
 
 	// From here on the answer is a 200 stream; failures become frames.
 	w.Header().Set("Content-Type", ContentNDJSON)
@@ -68,24 +46,110 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
 
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-
-	exited := make(chan struct{})
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		if s.reaper != nil {
-			s.reaper.Done(pgid)
+	enc := json.NewEncoder(w)
+	// The request context ends when the client goes away: nobody will see the
+	// output, so the command must not outlive the request.
+	p.stream(r.Context(), req.TimeoutSec, func(f ExecFrame) error {
+		if err := enc.Encode(f); err != nil {
+			return err
 		}
-		close(exited)
+		return rc.Flush()
+	}, nil)
+}
+
+// proc is a started command and the parent's ends of its pipes.
+type proc struct {
+	s          *Server
+	cmd        *exec.Cmd
+	pgid       int
+	start      time.Time
+	outR, errR *os.File
+	inW        *os.File      // the command's stdin, when spawned with one (attach)
+	exited     chan struct{} // closed once cmd.Wait has returned
+	waitErr    error         // cmd.Wait's error, valid once exited is closed
+}
+
+// spawn starts cmd with its stdout and stderr on pipes, and with a stdin pipe
+// when stdin is set, and waits for it in the background.
+func (s *Server) spawn(cmd *exec.Cmd, stdin bool) (*proc, error) {
+	var parent, child []*os.File
+	closeAll := func(fs []*os.File) {
+		for _, f := range fs {
+			f.Close()
+		}
+	}
+	pipe := func() (r, w *os.File, err error) {
+		if r, w, err = os.Pipe(); err != nil {
+			closeAll(parent)
+			closeAll(child)
+		}
+		return r, w, err
+	}
+	outR, outW, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	parent, child = append(parent, outR), append(child, outW)
+	errR, errW, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	parent, child = append(parent, errR), append(child, errW)
+	var inW *os.File
+	if stdin {
+		var inR *os.File
+		if inR, inW, err = pipe(); err != nil {
+			return nil, err
+		}
+		parent, child = append(parent, inW), append(child, inR)
+		cmd.Stdin = inR
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+
+	start := time.Now()
+	err = s.startCmd(cmd)
+	// The parent's copies of the child's ends are closed once the child holds
+	// its own, so readers see EOF when every process holding them is gone.
+	closeAll(child)
+	if err != nil {
+		closeAll(parent)
+		return nil, err
+	}
+	p := &proc{s: s, cmd: cmd, pgid: cmd.Process.Pid, start: start, outR: outR, errR: errR, inW: inW, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		if s.reaper != nil {
+			s.reaper.Done(p.pgid)
+		}
+		close(p.exited)
 	}()
+	return p, nil
+}
+
+// abandon kills a command nobody will stream, and releases it.
+func (p *proc) abandon() {
+	killGroup(p.pgid)
+	<-p.exited
+	p.outR.Close()
+	p.errR.Close()
+	if p.inW != nil {
+		p.inW.Close()
+	}
+}
+
+// stream sends the command's output through send as it comes, then its exit
+// frame, or an error frame when it could not be waited for or failure (if
+// set) reports why the session broke. The process group is killed when ctx
+// ends, send fails, or timeoutSec passes.
+func (p *proc) stream(ctx context.Context, timeoutSec int, send func(ExecFrame) error, failure func() string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	frames := make(chan ExecFrame, 8)
 	var readers sync.WaitGroup
 	readers.Add(2)
-	go pump(outR, FrameStdout, frames, &readers)
-	go pump(errR, FrameStderr, frames, &readers)
+	go pump(p.outR, FrameStdout, frames, &readers)
+	go pump(p.errR, FrameStderr, frames, &readers)
 	readersDone := make(chan struct{})
 	go func() {
 		readers.Wait()
@@ -98,64 +162,67 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	var timedOut atomic.Bool
 	go func() {
 		var timeout <-chan time.Time
-		if req.TimeoutSec > 0 {
-			t := time.NewTimer(time.Duration(req.TimeoutSec) * time.Second)
+		if timeoutSec > 0 {
+			t := time.NewTimer(time.Duration(timeoutSec) * time.Second)
 			defer t.Stop()
 			timeout = t.C
 		}
 		select {
 		case <-timeout:
 			timedOut.Store(true)
-			killGroup(pgid)
+			killGroup(p.pgid)
 		case <-ctx.Done():
-			// The client went away (or a write failed): nobody will see the
-			// output, so the command must not outlive the request.
-			killGroup(pgid)
-		case <-exited:
+			// The client went away, a write failed, or the session broke:
+			// nobody will see the output, so the command must not outlive it.
+			killGroup(p.pgid)
+		case <-p.exited:
 		}
-		<-exited
+		<-p.exited
 		select {
 		case <-readersDone:
 		case <-time.After(drainDelay):
 			now := time.Now()
-			_ = outR.SetReadDeadline(now)
-			_ = errR.SetReadDeadline(now)
+			_ = p.outR.SetReadDeadline(now)
+			_ = p.errR.SetReadDeadline(now)
 		}
 	}()
 
-	enc := json.NewEncoder(w)
 	writeOK := true
-	send := func(f ExecFrame) {
+	sendf := func(f ExecFrame) {
 		if !writeOK {
 			return
 		}
-		if err := enc.Encode(f); err == nil {
-			err = rc.Flush()
-		}
-		if err != nil {
+		if err := send(f); err != nil {
 			writeOK = false
 			cancel()
 		}
 	}
 	for f := range frames {
-		send(f)
+		sendf(f)
 	}
-	<-exited
-	outR.Close()
-	errR.Close()
+	<-p.exited
+	p.outR.Close()
+	p.errR.Close()
 
-	ps := cmd.ProcessState
+	if failure != nil {
+		if msg := failure(); msg != "" {
+			p.s.log.Warn("exec session failed", "pid", p.pgid, "err", msg)
+			sendf(ExecFrame{Type: FrameError, Message: msg})
+			return
+		}
+	}
+	ps := p.cmd.ProcessState
 	if ps == nil {
-		s.log.Warn("exec wait failed", "pid", pgid, "err", waitErr)
-		send(ExecFrame{Type: FrameError, Message: fmt.Sprintf("waiting for command: %v", waitErr)})
+		p.s.log.Warn("exec wait failed", "pid", p.pgid, "err", p.waitErr)
+		sendf(ExecFrame{Type: FrameError, Message: fmt.Sprintf("waiting for command: %v", p.waitErr)})
 		return
 	}
-	exit := ExecFrame{Type: FrameExit, ExitCode: ps.ExitCode(), TimedOut: timedOut.Load(), DurationMs: time.Since(start).Milliseconds()}
+	exit := ExecFrame{Type: FrameExit, ExitCode: ps.ExitCode(), TimedOut: timedOut.Load(), DurationMs: time.Since(p.start).Milliseconds()}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		exit.Signal = ws.Signal().String()
 	}
-	s.log.Info("exec done", "pid", pgid, "exitCode", exit.ExitCode, "signal", exit.Signal, "timedOut", exit.TimedOut, "ms", exit.DurationMs)
-	send(exit)
+	p.s.log.Info("exec done", "pid", p.pgid, "exitCode", exit.ExitCode, "signal", exit.Signal, "timedOut", exit.TimedOut, "ms", exit.DurationMs)
+	sendf(exit)
 }
 
 // prepare validates req and builds the command without starting it.

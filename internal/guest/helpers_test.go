@@ -21,7 +21,9 @@ type testGuest struct {
 	shutdown chan struct{}
 }
 
-func startGuest(t *testing.T, cfg ServerConfig) *testGuest {
+// startGuest serves a guest on a Unix socket for the test; opts adjust the
+// server before it starts serving.
+func startGuest(t *testing.T, cfg ServerConfig, opts ...func(*Server)) *testGuest {
 	t.Helper()
 	dir := t.TempDir()
 	if cfg.Workspace == "" {
@@ -43,6 +45,9 @@ func startGuest(t *testing.T, cfg ServerConfig) *testGuest {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	srv := NewServer(cfg)
+	for _, o := range opts {
+		o(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()

@@ -38,6 +38,22 @@ const (
 	PathStats     = "/v1/stats"
 	PathShutdown  = "/v1/shutdown"
 	ContentNDJSON = "application/x-ndjson"
+
+	PathAttach       = "/v1/exec/attach"
+	PathTunnelListen = "/v1/tunnel/listen"
+	PathTunnelAccept = "/v1/tunnel/accept"
+	PathTunnelClose  = "/v1/tunnel/close"
+)
+
+// Protocols a request switches to with "Connection: Upgrade" and "Upgrade:
+// <name>"; the guest answers 101 Switching Protocols and the connection then
+// carries that protocol instead of HTTP.
+const (
+	// UpgradeAttach: NDJSON both ways; InputFrame from the host, ExecFrame
+	// from the guest.
+	UpgradeAttach = "execlaw-attach/1"
+	// UpgradeTunnel: raw bytes of one local TCP connection, both ways.
+	UpgradeTunnel = "execlaw-tunnel/1"
 )
 
 // Health is the answer to GET /v1/health.
@@ -88,12 +104,54 @@ type ExecFrame struct {
 	Message    string `json:"message,omitempty"`
 }
 
+// Frame types the host sends on an attached exec, one JSON object per line.
+const (
+	FrameStdin      = "stdin"       // Data is written to the command's stdin
+	FrameStdinClose = "stdin_close" // the command's stdin is closed (after pending data)
+	FrameSignal     = "signal"      // Signal is sent to the command's whole process group
+)
+
+// Signals an attached exec accepts in a signal frame.
+const (
+	SignalInt  = "INT"
+	SignalTerm = "TERM"
+	SignalKill = "KILL"
+)
+
+// InputFrame is one line the host sends on an attached exec.
+type InputFrame struct {
+	Type   string `json:"type"`
+	Data   []byte `json:"data,omitempty"`
+	Signal string `json:"signal,omitempty"`
+}
+
 // ExecResult is how a command ended.
 type ExecResult struct {
 	ExitCode int           // -1 when killed by a signal
 	Signal   string        // e.g. "killed", empty when it exited normally
 	TimedOut bool          // the request's TimeoutSec passed and the process group was killed
 	Duration time.Duration // as measured by the guest
+}
+
+// Tunnel limits. A tunnel is a TCP listener on the guest's loopback whose
+// connections are carried to the host over the control channel.
+const (
+	MaxTunnels       = 8
+	MinTunnelPort    = 1024
+	MaxTunnelPort    = 65535
+	MaxTunnelNameLen = 32 // names match ^[a-z0-9-]{1,32}$
+	MaxTunnelConns   = 64 // local connections per tunnel, waiting or carried
+)
+
+// TunnelAcceptWait is how long the guest holds a tunnel accept request open
+// without a local connection before answering 204 No Content, so that a host
+// that went away silently does not pin a request forever.
+const TunnelAcceptWait = 5 * time.Minute
+
+// TunnelRequest names a tunnel; Port is only used by listen.
+type TunnelRequest struct {
+	Name string `json:"name"`
+	Port int    `json:"port,omitempty"`
 }
 
 // ReadRequest reads up to Limit bytes of Path starting at Offset.
@@ -168,6 +226,7 @@ const (
 	CodeIsDir      = "is_dir"
 	CodePermission = "permission"
 	CodeInternal   = "internal"
+	CodeConflict   = "conflict" // e.g. a tunnel port already in use
 )
 
 // ErrorResponse is the body of every non-2xx answer.

@@ -47,6 +47,7 @@ type Server struct {
 	reaper  *Reaper
 	boot    *BootTimes
 	baseEnv []string
+	tunnels *tunnels
 
 	mu      sync.Mutex
 	groups  map[int]struct{} // process groups started, until seen empty
@@ -76,6 +77,7 @@ func NewServer(cfg ServerConfig) *Server {
 		// launched the guest must not leak variables (secrets) into commands.
 		baseEnv: []string{"PATH=" + defaultPath, "HOME=" + home, "TERM=dumb", "LANG=C.UTF-8"},
 		groups:  make(map[int]struct{}),
+		tunnels: newTunnels(),
 	}
 }
 
@@ -85,6 +87,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathHealth, s.handleHealth)
 	mux.HandleFunc("GET "+PathStats, s.handleStats)
 	mux.HandleFunc("POST "+PathExec, s.handleExec)
+	mux.HandleFunc("POST "+PathAttach, s.handleAttach)
+	mux.HandleFunc("POST "+PathTunnelListen, s.handleTunnelListen)
+	mux.HandleFunc("POST "+PathTunnelAccept, s.handleTunnelAccept)
+	mux.HandleFunc("POST "+PathTunnelClose, s.handleTunnelClose)
 	mux.HandleFunc("POST "+PathRead, s.handleRead)
 	mux.HandleFunc("POST "+PathWrite, s.handleWrite)
 	mux.HandleFunc("POST "+PathStat, s.handleStat)
@@ -114,12 +120,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	select {
 	case err := <-errc:
 		s.KillAll()
+		s.tunnels.closeAll()
 		return err
 	case <-ctx.Done():
 	}
-	// Kill first: the exec handlers then finish on their own and the graceful
-	// shutdown below does not wait on long-running commands.
+	// Kill first: the exec and attach handlers then finish on their own, and
+	// closing the tunnels ends waiting accept requests and carried
+	// connections (upgraded connections are not the http.Server's to close),
+	// so the graceful shutdown below does not wait on them.
 	s.KillAll()
+	s.tunnels.closeAll()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
