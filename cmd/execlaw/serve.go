@@ -288,6 +288,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
+		Agents:  report.Agents,
 		DataDir: dataDir, MaxSessions: cfg.MaxSessions, MemoryLimitPercent: cfg.MemoryPercent,
 		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met,
 	}, st, driver, log)

@@ -62,7 +62,7 @@ func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
 		"sandboxChecks": s.platform.SandboxChecks,
 		"version":       s.platform.Version,
 		"auth":          s.auth.Mode,
-		"agents":        []string{"builtin"},
+		"agents":        s.sessions.Agents(),
 		"providers":     llm.Providers,
 		"features":      map[string]bool{"email": s.email.Sender != nil, "exedevNew": s.exedev.Enabled},
 	})

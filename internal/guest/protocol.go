@@ -43,6 +43,7 @@ const (
 	PathTunnelListen = "/v1/tunnel/listen"
 	PathTunnelAccept = "/v1/tunnel/accept"
 	PathTunnelClose  = "/v1/tunnel/close"
+	PathForward      = "/v1/forward"
 )
 
 // Protocols a request switches to with "Connection: Upgrade" and "Upgrade:
@@ -54,6 +55,9 @@ const (
 	UpgradeAttach = "execlaw-attach/1"
 	// UpgradeTunnel: raw bytes of one local TCP connection, both ways.
 	UpgradeTunnel = "execlaw-tunnel/1"
+	// UpgradeForward: raw bytes of one connection the guest made to a port of
+	// its own loopback, both ways (the host reaching a service in the guest).
+	UpgradeForward = "execlaw-forward/1"
 )
 
 // Health is the answer to GET /v1/health.
@@ -250,4 +254,9 @@ func (e *Error) Error() string {
 func IsNotFound(err error) bool {
 	ge, ok := err.(*Error)
 	return ok && ge.Code == CodeNotFound
+}
+
+// ForwardRequest asks the guest to connect to 127.0.0.1:Port for the host.
+type ForwardRequest struct {
+	Port int `json:"port"`
 }

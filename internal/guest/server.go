@@ -95,6 +95,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathWrite, s.handleWrite)
 	mux.HandleFunc("POST "+PathStat, s.handleStat)
 	mux.HandleFunc("POST "+PathList, s.handleList)
+	mux.HandleFunc("POST "+PathForward, s.handleForward)
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeInvalid, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})

@@ -3,7 +3,6 @@ package guest
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -221,17 +220,7 @@ func (t *tunnel) carry(host net.Conn, lc *localConn) {
 		return
 	}
 	defer t.untrack(host, lc.Conn)
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		done <- struct{}{}
-	}
-	go cp(host, lc.Conn)
-	go cp(lc.Conn, host)
-	<-done
-	host.Close()
-	lc.Close()
-	<-done
+	splice(host, lc.Conn)
 }
 
 // track registers a carried connection's ends, unless the tunnel closed.

@@ -268,6 +268,8 @@ func (b *builder) rootfs(ctx context.Context, m *Manifest, d Distro, p Profile) 
 	defer log.Close()
 	b.step(3, "rootfs: debootstrap %s (%s profile) from %s", d.Name, p.Name, d.Mirror)
 	start := time.Now()
+	// Whatever happens, nothing the build mounted may outlive it.
+	defer unmountUnder(tree)
 	err = debootstrap(ctx, d, p, tree, log, func(n int64) {
 		fmt.Fprintf(b.o.Out, "      debootstrap: %s written, %s\n", mib(n), time.Since(start).Round(time.Second))
 	})
@@ -275,6 +277,9 @@ func (b *builder) rootfs(ctx context.Context, m *Manifest, d Distro, p Profile) 
 		log.Sync()
 		tail, _ := os.ReadFile(log.Name())
 		return fmt.Errorf("%w\n%s", err, lastLines(tail, 10))
+	}
+	if err := unmountUnder(tree); err != nil {
+		return err
 	}
 	pkgs, err := installedPackages(tree)
 	if err != nil {

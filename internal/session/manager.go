@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/claudecode"
+	"github.com/execlaw/execlaw/internal/agent/nullclaw"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/hostinfo"
 	"github.com/execlaw/execlaw/internal/llm"
@@ -49,6 +51,9 @@ type Config struct {
 	ReapInterval time.Duration
 	// StopTimeout bounds how long stopping one sandbox may take (default 30s).
 	StopTimeout time.Duration
+	// Agents are the agents sessions may ask for: builtin, and the agent
+	// CLIs the guest image carries. Empty means builtin only.
+	Agents []string
 	// MaxSteps and LLMRetries tune the built-in agent.
 	MaxSteps   int
 	LLMRetries int
@@ -321,17 +326,11 @@ func (m *Manager) Close(ctx context.Context) {
 // Create starts a new session for user. The sandbox boots in the background;
 // the returned view is in state creating.
 func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (View, error) {
-	rec, set, key, err := req.validate()
+	rec, set, key, err := req.validate(m.Agents())
 	if err != nil {
 		return View{}, err
 	}
-	runner, err := agent.New(ctx, agent.Config{
-		LLM: llm.Config{
-			Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient,
-		},
-		SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
-		MaxSteps: m.cfg.MaxSteps, ThinkingBudget: set.ThinkingBudget, MaxRetries: m.cfg.LLMRetries,
-	}, nil)
+	ag, err := m.newAgent(ctx, rec, set, key)
 	if err != nil {
 		return View{}, invalid("%v", err)
 	}
@@ -344,7 +343,7 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	rec.Isolated = m.driver.Isolated()
 	rec.CreatedAt, rec.LastActivity = now, now
 
-	s := newSession(m, rec, set, runner)
+	s := newSession(m, rec, set, ag)
 	if err := m.admit(s); err != nil {
 		return View{}, err
 	}
@@ -552,4 +551,32 @@ func newSessionID() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return "s_" + hex.EncodeToString(b[:])
+}
+
+// Agents lists the agents sessions may ask for.
+func (m *Manager) Agents() []string {
+	if len(m.cfg.Agents) == 0 {
+		return []string{agent.KindBuiltin}
+	}
+	return m.cfg.Agents
+}
+
+// newAgent builds the agent a session asked for.
+func (m *Manager) newAgent(ctx context.Context, rec store.Session, set settings, key llm.Secret) (agent.Agent, error) {
+	lc := llm.Config{Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient}
+	switch rec.Agent {
+	case agent.KindClaudeCode:
+		return claudecode.New(claudecode.Config{LLM: lc, SystemPrompt: set.SystemPrompt, Logger: m.log})
+	case agent.KindNullclaw:
+		var maxTokens int
+		if set.MaxTokens != nil {
+			maxTokens = int(*set.MaxTokens)
+		}
+		return nullclaw.NewAgent(nullclaw.AgentConfig{LLM: lc, SystemPrompt: set.SystemPrompt,
+			Temperature: set.Temperature, MaxTokens: maxTokens, Logger: m.log})
+	}
+	return agent.New(ctx, agent.Config{
+		LLM: lc, SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
+		MaxSteps: m.cfg.MaxSteps, ThinkingBudget: set.ThinkingBudget, MaxRetries: m.cfg.LLMRetries,
+	}, nil)
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/store"
 )
@@ -83,7 +85,7 @@ func invalid(format string, args ...any) error {
 
 // validate checks a request and fills in defaults. It returns the record to
 // store (without id, user or times) and the key.
-func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
+func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.Secret, error) {
 	var rec store.Session
 	var set settings
 	if !llm.ValidProvider(r.Provider) {
@@ -145,10 +147,13 @@ func (r CreateRequest) validate() (store.Session, settings, llm.Secret, error) {
 	}
 	agentName := r.Agent
 	if agentName == "" {
-		agentName = "builtin"
+		agentName = agent.KindBuiltin
 	}
-	if agentName != "builtin" {
-		return rec, set, llm.Secret{}, invalid("agent %q is not available; this server provides: builtin", agentName)
+	if !slices.Contains(agents, agentName) {
+		return rec, set, llm.Secret{}, invalid("agent %q is not available; this server provides: %s", agentName, strings.Join(agents, ", "))
+	}
+	if agentName == agent.KindClaudeCode && r.Provider != llm.Anthropic {
+		return rec, set, llm.Secret{}, invalid("claude-code speaks Anthropic's API: use provider anthropic")
 	}
 	network := r.Network
 	if network == "" {

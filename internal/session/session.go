@@ -27,7 +27,7 @@ type Session struct {
 	idleTimeoutMin int
 	settings       settings
 	bus            *Bus
-	runner         *agent.Runner
+	agent          agent.Agent
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -45,13 +45,13 @@ type Session struct {
 	messages    int // stored conversation messages, the next one's index
 }
 
-func newSession(m *Manager, rec store.Session, set settings, runner *agent.Runner) *Session {
+func newSession(m *Manager, rec store.Session, set settings, ag agent.Agent) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	bus := NewBus(m.store, rec.ID, 0)
 	bus.observer = m.cfg.Observer
 	return &Session{
 		m: m, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
-		bus: bus, runner: runner,
+		bus: bus, agent: ag,
 		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
 		rec: rec,
 	}
@@ -274,7 +274,7 @@ func (s *Session) runTurn(ctx context.Context, cancel context.CancelCauseFunc, t
 		return
 	}
 	_ = s.emitStatus("", "")
-	if err := s.runner.Turn(ctx, sb, env, text, sessionSink{s}); err != nil {
+	if err := s.agent.Turn(ctx, sb, env, text, sessionSink{s}); err != nil {
 		s.m.log.Error("turn failed", "session", s.id, "err", err)
 		_ = s.bus.Emit(context.Background(), event.Error, event.ErrorData{Message: "the turn could not be recorded: " + err.Error()})
 	}
@@ -325,6 +325,11 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	}
 	s.cancel(errors.New("the session is ending: " + reason))
 	s.wg.Wait() // boot and turn goroutines are gone after this
+	actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := s.agent.Close(actx); err != nil {
+		s.m.log.Error("stop agent", "session", s.id, "err", err)
+	}
+	cancel()
 
 	s.mu.Lock()
 	sb := s.sb

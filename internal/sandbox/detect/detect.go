@@ -56,6 +56,9 @@ type Report struct {
 	Driver   string    `json:"driver"`
 	Reason   string    `json:"reason"`
 	Findings []Finding `json:"findings"`
+	// Agents are the agents sessions can use with this driver: builtin,
+	// and the agent CLIs the guest image carries when it is a VM driver.
+	Agents []string `json:"agents"`
 }
 
 func (r *Report) add(check string, ok bool, format string, args ...any) {
@@ -77,11 +80,22 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 		return nil, r, fmt.Errorf("--sandbox must be auto, process, qemu or firecracker, not %q", o.Requested)
 	}
 
-	img, imgErr := findImage(o.DataDir, o.ImageName)
+	r.Agents = []string{"builtin"}
+	img, manifest, imgErr := findImage(o.DataDir, o.ImageName)
+	var vmAgents []string
 	if imgErr != nil {
 		r.add("guest image", false, "%v", imgErr)
 	} else {
-		r.add("guest image", true, "%q: kernel %s", o.ImageName, img.KernelVersion)
+		for _, a := range []string{image.AgentClaudeCode, image.AgentNullclaw} {
+			if manifest.HasAgent(a) {
+				vmAgents = append(vmAgents, a)
+			}
+		}
+		detail := fmt.Sprintf("%q: kernel %s", o.ImageName, img.KernelVersion)
+		if len(vmAgents) > 0 {
+			detail += ", agents " + strings.Join(vmAgents, ", ")
+		}
+		r.add("guest image", true, "%s", detail)
 	}
 	qemuBin, qemuErr := exec.LookPath("qemu-system-x86_64")
 	if qemuErr != nil {
@@ -149,6 +163,7 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 			d, err := o.Firecracker(fcBin, img)
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), "firecracker is installed and KVM runs guests here"
+				r.Agents = append(r.Agents, vmAgents...)
 				return d, r, nil
 			}
 			r.add("firecracker driver", false, "%v", err)
@@ -172,6 +187,7 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 				VhostVsock: vsockErr == nil})
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), why
+				r.Agents = append(r.Agents, vmAgents...)
 				return d, r, nil
 			}
 			r.add("qemu driver", false, "%v", err)
@@ -213,13 +229,12 @@ func firstProblem(r Report) string {
 	return strings.Join(probs, "; ")
 }
 
-func findImage(dataDir, name string) (vm.Image, error) {
+func findImage(dataDir, name string) (vm.Image, image.Manifest, error) {
 	st, err := image.NewStore(dataDir)
 	if err != nil {
-		return vm.Image{}, err
+		return vm.Image{}, image.Manifest{}, err
 	}
-	img, _, err := st.VMImage(name)
-	return img, err
+	return st.VMImage(name)
 }
 
 func qemuVersion(ctx context.Context, bin string) string {

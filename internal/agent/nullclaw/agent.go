@@ -1,0 +1,238 @@
+package nullclaw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/invm"
+	"github.com/execlaw/execlaw/internal/credproxy"
+	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/llm"
+)
+
+// Ports nullclaw uses inside the VM: the credential proxy's tunnel and its
+// own gateway. Both are on the guest's loopback only.
+const (
+	ProxyPort   = 4002
+	GatewayPort = 4100
+	// Binary is where the image build installs nullclaw.
+	Binary = "/usr/local/bin/nullclaw"
+	// stateDir holds nullclaw's config and memory, outside the workspace.
+	stateDir = "/root/.execlaw-nullclaw"
+)
+
+// AgentConfig is how a session's nullclaw runs.
+type AgentConfig struct {
+	LLM          llm.Config
+	SystemPrompt string
+	Temperature  *float64
+	MaxTokens    int
+	// Binary is nullclaw inside the guest; default Binary.
+	Binary string
+	// StartTimeout bounds waiting for the gateway to answer (default 60s).
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Agent is nullclaw as a session's agent: its gateway runs in the VM, and
+// each turn is one A2A message/stream request to it, reached through the
+// control channel. Its model calls go through the host's credential proxy.
+type Agent struct {
+	cfg AgentConfig
+	log *slog.Logger
+
+	mu        sync.Mutex // one turn at a time; guards the fields below
+	proxy     *invm.Proxy
+	gateway   *guest.Attached
+	gwOut     *invm.Tail
+	gwDone    chan struct{}
+	client    *Client
+	contextID string
+}
+
+var _ agent.Agent = (*Agent)(nil)
+
+// NewAgent checks cfg.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	switch cfg.LLM.Provider {
+	case llm.Anthropic, llm.OpenAI, llm.OpenRouter, llm.OpenAICompatible:
+	default:
+		return nil, fmt.Errorf("nullclaw cannot use provider %q", cfg.LLM.Provider)
+	}
+	if cfg.Binary == "" {
+		cfg.Binary = Binary
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 60 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{cfg: cfg, log: log}, nil
+}
+
+// Turn sends one message to nullclaw and maps its task stream to events.
+func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environment, text string, sink agent.Sink) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.ensure(ctx, ws, sink); err != nil {
+		msg := "could not start nullclaw in the sandbox: " + err.Error()
+		if a.gwOut != nil && a.gwOut.String() != "" {
+			msg += " (" + a.gwOut.String() + ")"
+		}
+		a.stopGateway()
+		return sink.Emit(context.WithoutCancel(ctx), event.Error, event.ErrorData{Message: msg})
+	}
+	out, err := RunTurn(ctx, a.client, sink, a.contextID, text, TurnOptions{})
+	if err != nil {
+		return err
+	}
+	if out.Err != nil && a.gatewayGone() {
+		// The gateway died with the turn; the next turn starts it again.
+		a.stopGateway()
+	}
+	return nil
+}
+
+// ensure starts the proxy and the gateway if they are not running.
+func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink) error {
+	g := ws.Guest()
+	if a.proxy == nil {
+		p, err := invm.StartProxy(ctx, g, ProxyPort, a.cfg.LLM, a.log)
+		if err != nil {
+			return err
+		}
+		a.proxy = p
+	}
+	a.proxy.SetSink(sink)
+	if a.client != nil && !a.gatewayGone() {
+		return nil
+	}
+	a.stopGateway()
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", ProxyPort)
+	if a.cfg.LLM.Provider != llm.Anthropic {
+		base += "/v1" // nullclaw appends /chat/completions
+	}
+	gwToken := credproxy.NewToken()
+	cfg := Config{
+		Provider: a.cfg.LLM.Provider, BaseURL: base, APIKey: a.proxy.Token, Model: a.cfg.LLM.Model,
+		SystemPrompt: a.cfg.SystemPrompt, Workspace: ws.Workspace(), GatewayPort: GatewayPort,
+		GatewayToken: gwToken, Temperature: a.cfg.Temperature, MaxTokens: a.cfg.MaxTokens,
+	}
+	launch, err := cfg.Launch(a.cfg.Binary, stateDir)
+	if err != nil {
+		return err
+	}
+	for _, f := range launch.Files {
+		if f.KeepExisting {
+			if _, err := g.Stat(ctx, f.Path); err == nil {
+				continue
+			}
+		}
+		if err := g.Write(ctx, guest.WriteRequest{Path: f.Path, Data: f.Data, Mode: uint32(f.Perm)}); err != nil {
+			return fmt.Errorf("write %s: %w", f.Path, err)
+		}
+	}
+	att, err := g.Attach(ctx, guest.ExecRequest{Argv: launch.Argv, Env: launch.Env, Dir: ws.Workspace()})
+	if err != nil {
+		return err
+	}
+	a.gateway, a.gwOut, a.gwDone = att, &invm.Tail{Max: 2 << 10}, make(chan struct{})
+	go drain(att, a.gwOut, a.gwDone)
+
+	// The gateway listens on the guest's loopback; the host reaches it
+	// through the control channel.
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return g.Forward(ctx, GatewayPort)
+		},
+		DisableCompression: true,
+	}}
+	a.client = NewClient(launch.BaseURL, hc, gwToken)
+	if err := a.waitHealthy(ctx); err != nil {
+		return err
+	}
+	if a.contextID == "" {
+		a.contextID = "execlaw-" + credproxy.NewToken()[:24]
+	}
+	return nil
+}
+
+func (a *Agent) waitHealthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.StartTimeout)
+	defer cancel()
+	for {
+		hctx, hcancel := context.WithTimeout(ctx, 2*time.Second)
+		err := a.client.Health(hctx)
+		hcancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-a.gwDone:
+			return errors.New("the nullclaw gateway exited")
+		case <-ctx.Done():
+			return fmt.Errorf("the nullclaw gateway did not answer within %s: %w", a.cfg.StartTimeout, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (a *Agent) gatewayGone() bool {
+	if a.gwDone == nil {
+		return true
+	}
+	select {
+	case <-a.gwDone:
+		return true
+	default:
+		return false
+	}
+}
+
+func (a *Agent) stopGateway() {
+	if a.gateway != nil {
+		a.gateway.Close()
+		a.gateway = nil
+	}
+	a.client = nil
+}
+
+// Close ends the gateway and the proxy.
+func (a *Agent) Close(context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopGateway()
+	if a.proxy != nil {
+		a.proxy.Stop()
+		a.proxy = nil
+	}
+	return nil
+}
+
+// drain keeps the gateway's output tail until it exits.
+func drain(att *guest.Attached, tail *invm.Tail, done chan struct{}) {
+	defer close(done)
+	for {
+		f, err := att.Next()
+		if err != nil {
+			return
+		}
+		switch f.Type {
+		case guest.FrameStdout, guest.FrameStderr:
+			tail.Write(f.Data)
+		case guest.FrameExit, guest.FrameError:
+			return
+		}
+	}
+}
