@@ -46,6 +46,8 @@ type Options struct {
 	Platform    api.Platform
 	// Driver replaces the default process driver (built from the test guest binary).
 	Driver sandbox.Driver
+	// Agents sessions may use (default: builtin).
+	Agents []string
 	// Email and ExeDev configure mailing transcripts and creating exe.dev VMs.
 	Email  api.EmailOptions
 	ExeDev api.ExeDevOptions
@@ -112,6 +114,7 @@ func (h *Harness) Start() {
 	}
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
+		Agents:  h.Opts.Agents,
 		DataDir: h.DataDir, MaxSessions: h.Opts.MaxSessions, MemoryLimitPercent: h.Opts.MemPercent,
 		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second,
 		Observer: met, HookTimeout: h.Opts.HookTimeout,

@@ -16,9 +16,9 @@ import (
 // TestImageDirEnv overrides where VMImage keeps its images.
 const TestImageDirEnv = "EXECLAW_TEST_IMAGES"
 
-var vmImage struct {
-	mu  sync.Mutex
-	img vm.Image
+var vmImages struct {
+	mu   sync.Mutex
+	imgs map[string]vm.Image
 }
 
 // VMImage builds (or brings up to date) the "minimal" guest image for tests
@@ -29,10 +29,22 @@ var vmImage struct {
 // directory under a file lock.
 func VMImage(tb testing.TB) vm.Image {
 	tb.Helper()
-	vmImage.mu.Lock()
-	defer vmImage.mu.Unlock()
-	if vmImage.img.Kernel != "" {
-		return vmImage.img
+	return buildVMImage(tb, "minimal", image.AgentSpec{})
+}
+
+// VMImageWithClaudeCode is VMImage plus Claude Code (and the Node.js it runs
+// on): the image for tests of in-VM agents.
+func VMImageWithClaudeCode(tb testing.TB) vm.Image {
+	tb.Helper()
+	return buildVMImage(tb, "agents", image.AgentSpec{ClaudeCode: true})
+}
+
+func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) vm.Image {
+	tb.Helper()
+	vmImages.mu.Lock()
+	defer vmImages.mu.Unlock()
+	if img, ok := vmImages.imgs[name]; ok {
+		return img
 	}
 	dir := os.Getenv(TestImageDirEnv)
 	if dir == "" {
@@ -56,7 +68,8 @@ func VMImage(tb testing.TB) vm.Image {
 		out = os.Stderr
 	}
 	_, err = image.Build(context.Background(), image.BuildOptions{
-		DataDir: dir, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
+		DataDir: dir, Name: name, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
+		Agents: agents,
 	})
 	if err != nil {
 		tb.Fatalf("building the test guest image (needs root, debootstrap and apt): %v", err)
@@ -65,10 +78,13 @@ func VMImage(tb testing.TB) vm.Image {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	img, _, err := st.VMImage("minimal")
+	img, _, err := st.VMImage(name)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	vmImage.img = img
+	if vmImages.imgs == nil {
+		vmImages.imgs = map[string]vm.Image{}
+	}
+	vmImages.imgs[name] = img
 	return img
 }

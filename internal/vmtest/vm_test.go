@@ -44,6 +44,12 @@ func newEnv(t *testing.T) *env { return newBenchEnv(t) }
 
 func newBenchEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, testutil.VMImage(t), nil)
+}
+
+// newEnvWith runs img, offering agents besides the built-in one.
+func newEnvWith(t testing.TB, img vm.Image, agents []string) *env {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("VM tests need root: network namespaces, TAP devices, debootstrap")
 	}
@@ -54,7 +60,7 @@ func newBenchEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tb.Close() })
-	e := &env{tb: tb, pfx: pfx, img: testutil.VMImage(t)}
+	e := &env{tb: tb, pfx: pfx, img: img}
 	e.net = vm.NewHostNetwork(network.Config{
 		HostNSPath: tb.HostNS, NetNSPrefix: pfx + "s-", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")},
 	})
@@ -66,7 +72,7 @@ func newBenchEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 8})
+	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 8, Agents: append([]string{"builtin"}, agents...)})
 	e.fake = llmtest.NewAnthropic().Attach(t)
 	return e
 }

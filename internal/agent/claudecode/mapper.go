@@ -72,12 +72,12 @@ type Mapper struct {
 	emit event.Emitter
 	ctx  context.Context
 
-	// Blocks streamed with --include-partial-messages, by index; their
-	// complete text also comes again in the assistant message, which is
-	// then not emitted twice.
-	open     map[int]*streamBlock
-	streamed int // text/thinking blocks completed from the stream, not yet matched to a message
-	tools    map[string]toolCall
+	// Blocks streamed with --include-partial-messages, by index. Once the
+	// stream is seen, the text in assistant messages (the same text again,
+	// sometimes before the stream's block ends) is not emitted twice.
+	open      map[int]*streamBlock
+	sawStream bool
+	tools     map[string]toolCall
 }
 
 type streamBlock struct {
@@ -120,6 +120,7 @@ func (m *Mapper) Line(raw []byte) (*Result, error) {
 	}
 	switch l.Type {
 	case "stream_event":
+		m.sawStream = true
 		return nil, m.streamEvent(l.Event)
 	case "assistant":
 		return nil, m.assistant(l.Message)
@@ -179,7 +180,6 @@ func (m *Mapper) streamEvent(raw json.RawMessage) error {
 			return nil
 		}
 		delete(m.open, e.Index)
-		m.streamed++
 		return m.complete(b)
 	}
 	return nil
@@ -215,10 +215,8 @@ func (m *Mapper) assistant(raw json.RawMessage) error {
 	for _, c := range msg.Content {
 		switch c.Type {
 		case "text", "thinking":
-			// Already streamed? Then this is its repeat.
-			if m.streamed > 0 {
-				m.streamed--
-				continue
+			if m.sawStream {
+				continue // streamed already
 			}
 			text := c.Text
 			typ := event.Message
