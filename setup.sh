@@ -24,5 +24,6 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 profile=dev
 [ "$image" = minimal ] && profile=minimal
-bin/execlaw image build --data-dir "$data_dir" --name "$image" --profile "$profile"
+# EXECLAW_AGENTS=claude-code also puts Claude Code into the image.
+bin/execlaw image build --data-dir "$data_dir" --name "$image" --profile "$profile" --agents "${EXECLAW_AGENTS:-}"
 exec bin/execlaw serve "$@"

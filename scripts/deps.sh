@@ -41,6 +41,13 @@ packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs)
 [ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium systemd shellcheck)
 apt_install "${packages[@]}"
 
+# npm puts Claude Code into a guest image (execlaw image build --agents
+# claude-code), which the tests do and setup does when EXECLAW_AGENTS asks.
+# A Node.js that brings its own npm (NodeSource) is fine as it is.
+if { [ $want_test -eq 1 ] || [ -n "${EXECLAW_AGENTS:-}" ]; } && ! command -v npm >/dev/null 2>&1; then
+	apt_install npm
+fi
+
 # Go: any toolchain from 1.21 on can build the project, because it fetches the
 # exact version go.mod names from the Go module proxy (GOTOOLCHAIN=auto).
 go_ok() {
