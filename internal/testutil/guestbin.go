@@ -17,7 +17,8 @@ import (
 
 var builds struct {
 	mu    sync.Mutex
-	paths map[string]string
+	paths map[string]string // by binary name
+	pkgs  map[string]string // the package each name was built from
 }
 
 // GuestBinary builds ./cmd/execlaw-guest (static, CGO_ENABLED=0) once per
@@ -35,23 +36,46 @@ func GuestBinary(tb testing.TB) string {
 // see a half-written file and repeated runs do not pile up copies.
 func Binary(tb testing.TB, name string) string {
 	tb.Helper()
+	return BinaryFrom(tb, "./cmd/"+name, name)
+}
+
+// BinaryFrom builds the main package pkg, a path relative to the module root
+// such as "./internal/agent/nullclaw/nullclawtest/standin", once per test
+// process, as an executable called name, and returns its path. It is cached,
+// placed and swapped in like Binary's, in the same directory, so name must
+// not be used for two packages; a second package under the same name fails
+// tb.
+func BinaryFrom(tb testing.TB, pkg, name string) string {
+	tb.Helper()
+	if name == "" || strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
+		tb.Fatalf("building %s: %q is not a file name", pkg, name)
+	}
+	if filepath.IsAbs(pkg) {
+		tb.Fatalf("building %s: the package must be relative to the module root", pkg)
+	}
+	if !strings.HasPrefix(pkg, "./") {
+		pkg = "./" + pkg
+	}
 	builds.mu.Lock()
 	defer builds.mu.Unlock()
 	if p, ok := builds.paths[name]; ok {
+		if builds.pkgs[name] != pkg {
+			tb.Fatalf("building %s: the name %q is already used for %s", pkg, name, builds.pkgs[name])
+		}
 		return p
 	}
-	p, err := build(name)
+	p, err := build(pkg, name)
 	if err != nil {
 		tb.Fatalf("building %s: %v", name, err)
 	}
 	if builds.paths == nil {
-		builds.paths = map[string]string{}
+		builds.paths, builds.pkgs = map[string]string{}, map[string]string{}
 	}
-	builds.paths[name] = p
+	builds.paths[name], builds.pkgs[name] = p, pkg
 	return p
 }
 
-func build(name string) (string, error) {
+func build(pkg, name string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -69,11 +93,11 @@ func build(name string) (string, error) {
 	defer os.Remove(tmp.Name()) // only still there if the build failed
 
 	// `go test` puts its own toolchain first on PATH, so this is the same go.
-	cmd := exec.Command("go", "build", "-o", tmp.Name(), "./cmd/"+name)
+	cmd := exec.Command("go", "build", "-o", tmp.Name(), pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 	}
 	final := filepath.Join(dir, name)
 	if err := os.Rename(tmp.Name(), final); err != nil {

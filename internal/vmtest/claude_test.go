@@ -3,7 +3,6 @@ package vmtest
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -109,14 +108,11 @@ func TestClaudeCodeInVM(t *testing.T) {
 		}
 	}
 	// The session's writable disk, after the guest synced: no key on it.
-	disk, err := os.ReadFile(filepath.Join(e.h.DataDir, "sandboxes", v.ID, "rw.ext4"))
-	if err != nil {
-		t.Fatal(err)
+	disk := filepath.Join(e.h.DataDir, "sandboxes", v.ID, "rw.ext4")
+	if found, err := testutil.FileContains(disk, []byte(key)); err != nil || found {
+		t.Errorf("the VM's disk holds the key: %v %v", found, err)
 	}
-	if bytes.Contains(disk, []byte(key)) {
-		t.Error("the VM's disk holds the key")
-	}
-	if !bytes.Contains(disk, []byte(e.img.KernelVersion)) {
-		t.Error("the disk scan sees nothing the VM wrote (from-claude.txt): the scan proves nothing")
+	if found, err := testutil.FileContains(disk, []byte(e.img.KernelVersion)); err != nil || !found {
+		t.Errorf("the disk scan sees nothing the VM wrote (from-claude.txt), so it proves nothing: %v %v", found, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,10 +195,15 @@ func TestStartCancelled(t *testing.T) {
 	}
 }
 
-func fileHash(t *testing.T, p string) [32]byte {
-	b, err := os.ReadFile(p)
+func fileHash(t *testing.T, p string) string {
+	f, err := os.Open(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sha256.Sum256(b)
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return string(h.Sum(nil))
 }
