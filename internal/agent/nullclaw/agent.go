@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path"
 	"sync"
 	"time"
 
@@ -25,9 +27,24 @@ const (
 	GatewayPort = 4100
 	// Binary is where the image build installs nullclaw.
 	Binary = "/usr/local/bin/nullclaw"
-	// stateDir holds nullclaw's config and memory, outside the workspace.
-	stateDir = "/root/.execlaw-nullclaw"
+	// BinaryEnv, when set on the host, replaces Binary as the default of
+	// AgentConfig.Binary: the path, inside the sandbox, of the nullclaw
+	// executable. With the process driver the sandbox is the host's own
+	// filesystem, so this is how a host without /usr/local/bin/nullclaw (or
+	// a test, with a stand-in) points sessions at another executable.
+	BinaryEnv = "EXECLAW_NULLCLAW_BIN"
+	// StateDirName is the directory, next to the workspace, that holds
+	// nullclaw's config.json (in .nullclaw/) and whatever it keeps in HOME.
+	StateDirName = ".execlaw-nullclaw"
 )
+
+// StateDir is where a session's nullclaw keeps its config and memory: next
+// to the workspace, never inside it. In a VM (workspace /workspace) that is
+// /.execlaw-nullclaw; with the process driver it is inside the session's
+// sandbox directory, so it is private to the session and goes with it.
+func StateDir(workspace string) string {
+	return path.Join(path.Dir(path.Clean(workspace)), StateDirName)
+}
 
 // AgentConfig is how a session's nullclaw runs.
 type AgentConfig struct {
@@ -35,7 +52,8 @@ type AgentConfig struct {
 	SystemPrompt string
 	Temperature  *float64
 	MaxTokens    int
-	// Binary is nullclaw inside the guest; default Binary.
+	// Binary is nullclaw inside the guest; default $EXECLAW_NULLCLAW_BIN
+	// (BinaryEnv), else Binary.
 	Binary string
 	// StartTimeout bounds waiting for the gateway to answer (default 60s).
 	StartTimeout time.Duration
@@ -54,6 +72,7 @@ type Agent struct {
 	gateway   *guest.Attached
 	gwOut     *invm.Tail
 	gwDone    chan struct{}
+	hc        *http.Client // reaches the gateway through the guest's port forward
 	client    *Client
 	contextID string
 }
@@ -66,6 +85,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	case llm.Anthropic, llm.OpenAI, llm.OpenRouter, llm.OpenAICompatible:
 	default:
 		return nil, fmt.Errorf("nullclaw cannot use provider %q", cfg.LLM.Provider)
+	}
+	if cfg.Binary == "" {
+		cfg.Binary = os.Getenv(BinaryEnv)
 	}
 	if cfg.Binary == "" {
 		cfg.Binary = Binary
@@ -86,7 +108,9 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 	defer a.mu.Unlock()
 	if err := a.ensure(ctx, ws, sink); err != nil {
 		msg := "could not start nullclaw in the sandbox: " + err.Error()
-		if a.gwOut != nil && a.gwOut.String() != "" {
+		if ctx.Err() != nil {
+			msg = describeCause(ctx) + " while nullclaw was starting"
+		} else if a.gwOut != nil && a.gwOut.String() != "" {
 			msg += " (" + a.gwOut.String() + ")"
 		}
 		a.stopGateway()
@@ -96,11 +120,33 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 	if err != nil {
 		return err
 	}
-	if out.Err != nil && a.gatewayGone() {
+	switch {
+	case ctx.Err() != nil && out.Err == nil && out.State != StateCompleted:
+		// Cut short by the user or the session's end. RunTurn reports no
+		// error for that (the caller says why), so say it here, as the
+		// other agents do.
+		msg := describeCause(ctx)
+		if out.TaskID != "" && !out.State.Terminal() {
+			// nullclaw did not end the task within the grace (a tool that
+			// does not notice the interrupt, a hung gateway): it may still
+			// run tools. Stopping the gateway stops them; the next turn
+			// starts a new one.
+			a.stopGateway()
+			msg += "; nullclaw did not end the task in time and was stopped (the next message starts it again)"
+		}
+		return sink.Emit(context.WithoutCancel(ctx), event.Error, event.ErrorData{Message: msg})
+	case out.Err != nil && a.gatewayGone():
 		// The gateway died with the turn; the next turn starts it again.
 		a.stopGateway()
 	}
 	return nil
+}
+
+func describeCause(ctx context.Context) string {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c.Error()
+	}
+	return "turn cancelled"
 }
 
 // ensure starts the proxy and the gateway if they are not running.
@@ -129,7 +175,7 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 		SystemPrompt: a.cfg.SystemPrompt, Workspace: ws.Workspace(), GatewayPort: GatewayPort,
 		GatewayToken: gwToken, Temperature: a.cfg.Temperature, MaxTokens: a.cfg.MaxTokens,
 	}
-	launch, err := cfg.Launch(a.cfg.Binary, stateDir)
+	launch, err := cfg.Launch(a.cfg.Binary, StateDir(ws.Workspace()))
 	if err != nil {
 		return err
 	}
@@ -152,13 +198,13 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 
 	// The gateway listens on the guest's loopback; the host reaches it
 	// through the control channel.
-	hc := &http.Client{Transport: &http.Transport{
+	a.hc = &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return g.Forward(ctx, GatewayPort)
 		},
 		DisableCompression: true,
 	}}
-	a.client = NewClient(launch.BaseURL, hc, gwToken)
+	a.client = NewClient(launch.BaseURL, a.hc, gwToken)
 	if err := a.waitHealthy(ctx); err != nil {
 		return err
 	}
@@ -200,10 +246,29 @@ func (a *Agent) gatewayGone() bool {
 	}
 }
 
+// stopKillWait bounds waiting for a killed gateway to be reported gone.
+const stopKillWait = 5 * time.Second
+
+// stopGateway kills the gateway's process group (its tools too) and waits,
+// briefly, until the guest reports it gone, so that its port is free for
+// the next gateway.
 func (a *Agent) stopGateway() {
 	if a.gateway != nil {
+		if a.gateway.Signal(guest.SignalKill) == nil {
+			select {
+			case <-a.gwDone:
+			case <-time.After(stopKillWait):
+				a.log.Warn("the nullclaw gateway did not exit after SIGKILL")
+			}
+		}
 		a.gateway.Close()
 		a.gateway = nil
+	}
+	if a.hc != nil {
+		// Idle keep-alive connections would hold forwarded connections
+		// (and their goroutines) open for a gateway that is gone.
+		a.hc.CloseIdleConnections()
+		a.hc = nil
 	}
 	a.client = nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -404,4 +405,42 @@ func TestUnstreamedReplyIsFetched(t *testing.T) {
 	if last.RPCMethod != "tasks/get" || string(last.Params) != `{"id":"task-1"}` {
 		t.Errorf("last request %s %s", last.RPCMethod, last.Params)
 	}
+}
+
+// What the stand-in executable sets: its own bearer check (paired token
+// hashes) and a2a.enabled off.
+func TestStandInOptions(t *testing.T) {
+	serve := func(s *nullclawtest.Server) string {
+		ts := httptest.NewServer(s)
+		t.Cleanup(ts.Close)
+		t.Cleanup(s.Close)
+		return ts.URL
+	}
+	srv := nullclawtest.NewHandler("")
+	told := make(chan string, 8)
+	srv.OnViolation = func(v string) { told <- v }
+	srv.Authorize = func(auth string) bool { return auth == "Bearer "+testToken }
+	url := serve(srv)
+
+	rec := newRecorder(t)
+	runTurn(t, NewClient(url, nil, testToken), rec, "sess-1", "hi")
+	eqStrings(t, rec.summary(), []string{"message_delta:ok", "message:ok"})
+
+	rec = newRecorder(t)
+	runTurn(t, NewClient(url, nil, "other-token-000000"), rec, "sess-1", "hi")
+	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
+	select {
+	case v := <-told:
+		if !strings.Contains(v, "bearer token") || len(srv.Violations()) != 1 {
+			t.Errorf("violation told %q, recorded %q", v, srv.Violations())
+		}
+	default:
+		t.Error("the violation was not told")
+	}
+
+	off := nullclawtest.NewHandler(testToken)
+	off.A2ADisabled = true
+	rec = newRecorder(t)
+	runTurn(t, NewClient(serve(off), nil, testToken), rec, "sess-1", "hi")
+	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 404: a2a not enabled"})
 }

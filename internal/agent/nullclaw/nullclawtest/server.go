@@ -17,6 +17,11 @@
 //
 // Every request is recorded, and anything a well-behaved client should not
 // send (beyond what nullclaw itself rejects) is recorded as a violation.
+//
+// This is the one implementation of the wire format: New serves it in the
+// test process with scripted turns, and the stand-in executable
+// (./standin) serves the same Server on nullclaw's command line and config,
+// with turns driven by real model calls.
 package nullclawtest
 
 import (
@@ -50,17 +55,26 @@ type Request struct {
 	Params    json.RawMessage
 }
 
-// Server is the stand-in gateway.
+// Server is the stand-in gateway. Set its exported fields before it serves.
 type Server struct {
-	// URL is the gateway's base URL (the client appends /a2a).
+	// URL is the gateway's base URL (the client appends /a2a); set by New.
 	URL   string
 	Token string
 	// Script runs the turns no Enqueue'd script is waiting for. The default
 	// streams "ok" and completes.
 	Script func(*Turn)
+	// Authorize, when set, decides whether an /a2a request's Authorization
+	// header is accepted, instead of comparing it with "Bearer "+Token.
+	Authorize func(authorization string) bool
+	// A2ADisabled answers /a2a with 404 {"error":"a2a not enabled"}, as
+	// nullclaw does without a2a.enabled in its config.
+	A2ADisabled bool
+	// OnViolation, when set, is told each violation as it is recorded.
+	OnViolation func(string)
 
-	ts      *httptest.Server
-	stopped chan struct{}
+	ts       *httptest.Server
+	stopped  chan struct{}
+	stopOnce sync.Once
 
 	mu         sync.Mutex
 	next       int
@@ -80,24 +94,39 @@ type task struct {
 	canceled      chan struct{}
 }
 
-// New starts a stand-in that requires token (none when empty, as a gateway
-// with pairing off).
+// New starts a stand-in on a loopback port that requires token (none when
+// empty, as a gateway with pairing off), and closes it when the test ends.
 func New(t testing.TB, token string) *Server {
-	s := &Server{Token: token, tasks: map[string]*task{}, stopped: make(chan struct{})}
-	s.ts = httptest.NewServer(http.HandlerFunc(s.serve))
+	s := NewHandler(token)
+	s.ts = httptest.NewServer(s)
 	s.URL = s.ts.URL
 	t.Cleanup(s.Close)
 	return s
 }
 
+// NewHandler returns a stand-in that serves wherever its ServeHTTP is
+// mounted (the stand-in executable puts it on nullclaw's host and port).
+func NewHandler(token string) *Server {
+	return &Server{Token: token, tasks: map[string]*task{}, stopped: make(chan struct{})}
+}
+
+// ServeHTTP answers one request as nullclaw's gateway does. message/stream
+// and tasks/resubscribe take over the connection (HTTP/1 only).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.serve(w, r) }
+
 // Close stops the stand-in; running scripts see Stopped.
 func (s *Server) Close() {
-	select {
-	case <-s.stopped:
-	default:
-		close(s.stopped)
+	s.stopOnce.Do(func() { close(s.stopped) })
+	if s.ts != nil {
+		s.ts.Close()
 	}
-	s.ts.Close()
+}
+
+func (s *Server) authorized(auth string) bool {
+	if s.Authorize != nil {
+		return s.Authorize(auth)
+	}
+	return s.Token == "" || auth == "Bearer "+s.Token
 }
 
 // Enqueue queues the script of the next message/stream turn.
@@ -146,9 +175,13 @@ func (s *Server) record(r Request) {
 }
 
 func (s *Server) violate(format string, args ...any) {
+	v := fmt.Sprintf(format, args...)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.violations = append(s.violations, fmt.Sprintf(format, args...))
+	s.violations = append(s.violations, v)
+	s.mu.Unlock()
+	if s.OnViolation != nil {
+		s.OnViolation(v)
+	}
 }
 
 // esc escapes like nullclaw's jsonEscapeInto: quote, backslash, \n \r \t \b
@@ -269,6 +302,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, `{"name":"NullClaw","description":"AI assistant","protocolVersion":"0.3.0","version":"1.0.0","url":"/a2a","supportedInterfaces":[{"url":"/a2a","protocolBinding":"JSONRPC","protocolVersion":"0.3.0"}],"preferredTransport":"JSONRPC","provider":{"organization":"NullClaw","url":"https://github.com/nullclaw/nullclaw"},"capabilities":{"streaming":true},"securitySchemes":{"bearerAuth":{"type":"http","scheme":"bearer","description":"Use a pairing token from /pair as the bearer token."}},"security":[{"bearerAuth":[]}],"defaultInputModes":["text/plain"],"defaultOutputModes":["text/plain"],"skills":[{"id":"chat","name":"General Chat","description":"General-purpose AI assistant","tags":["chat","general"]}]}`)
 		return
 	case "/a2a":
+		if s.A2ADisabled {
+			writeJSON(w, 404, `{"error":"a2a not enabled"}`)
+			return
+		}
 	default:
 		writeJSON(w, 404, `{"error":"not found"}`)
 		return
@@ -279,7 +316,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 405, `{"error":"method not allowed"}`)
 		return
 	}
-	if s.Token != "" && rec.Auth != "Bearer "+s.Token {
+	if !s.authorized(rec.Auth) {
 		s.violate("bad or missing bearer token %q", rec.Auth)
 		writeJSON(w, 401, `{"error":"unauthorized"}`)
 		return
