@@ -38,6 +38,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	listen := fs.String("listen", getenv("EXECLAW_GUEST_LISTEN"), "control API address: unix:PATH (vsock:PORT and serial:DEVICE are reserved)")
 	workspace := fs.String("workspace", "/workspace", "directory commands run in and relative paths resolve against; created if missing")
 	debug := fs.Bool("debug", false, "log at debug level")
+	privateProc := fs.Bool("private-proc", false, "mount a /proc of this PID namespace (for a sandbox started in new PID and mount namespaces, as init)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -74,6 +75,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	var reaper *guest.Reaper
 	pid1 := os.Getpid() == 1
+	if *privateProc {
+		if err := guest.MountPrivateProc(); err != nil {
+			return fmt.Errorf("--private-proc: %w", err)
+		}
+	}
 	if pid1 {
 		reaper = guest.NewReaper(log)
 		rctx, stopReaper := context.WithCancel(context.Background())

@@ -14,8 +14,7 @@ import (
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/sandbox"
-	"github.com/execlaw/execlaw/internal/sandbox/process"
-	"github.com/execlaw/execlaw/internal/testutil"
+	"github.com/execlaw/execlaw/internal/sandbox/process/processtest"
 )
 
 // recEvent is one event as the session store would keep it: type and JSON.
@@ -275,28 +274,7 @@ func joined(t *testing.T, s *recordingSink, typ string) string {
 	return b.String()
 }
 
-// startSandbox starts a real process sandbox, stopped at cleanup.
-func startSandbox(t *testing.T) sandbox.Sandbox {
-	t.Helper()
-	d, err := process.New(process.Config{GuestBinary: testutil.GuestBinary(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	sb, err := d.Start(ctx, sandbox.Spec{SessionID: "agent-test", Dir: t.TempDir(), Network: "none"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := sb.Stop(ctx); err != nil {
-			t.Errorf("stop sandbox: %v", err)
-		}
-	})
-	return sb
-}
+func startSandbox(t *testing.T) sandbox.Sandbox { return processtest.Start(t, "agent-test") }
 
 const testKey = "sk-test-0123456789abcdefSECRET"
 
@@ -316,18 +294,6 @@ func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var errSinkBroken = errors.New("store is gone")

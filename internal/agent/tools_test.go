@@ -9,9 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"charm.land/fantasy"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 // toolOut is what one tool call returned.
@@ -130,7 +132,7 @@ func TestBashTool(t *testing.T) {
 			t.Errorf("took %d ms for a 1 s timeout", o.meta.DurationMs)
 		}
 		// The background sleep went with it.
-		waitFor(t, "the background sleep to die", func() bool {
+		testutil.Poll(t, "the background sleep to die", 20*time.Second, func() bool {
 			o := callTool(t, sb, "bash", bashInput{Command: "kill -0 $(cat bg.pid) 2>/dev/null && echo alive || echo gone"})
 			return o.text == "gone\n"
 		})

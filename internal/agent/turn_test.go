@@ -17,6 +17,7 @@ import (
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 type fake struct {
@@ -140,7 +141,7 @@ func TestCancelMidStream(t *testing.T) {
 			ctx, cancel := context.WithCancelCause(testCtx(t))
 			done := make(chan error, 1)
 			go func() { done <- runTurn(t, ctx, r, sb, "say hello", s) }()
-			waitFor(t, "the first delta", func() bool { return slices.Contains(s.types(), event.MessageDelta) })
+			testutil.Poll(t, "the first delta", 20*time.Second, func() bool { return slices.Contains(s.types(), event.MessageDelta) })
 			cancel(ErrCancelled)
 			if err := <-done; err != nil {
 				t.Fatalf("Turn: %v", err)
@@ -183,7 +184,7 @@ func TestCancelDuringTool(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(testCtx(t))
 	done := make(chan error, 1)
 	go func() { done <- runTurn(t, ctx, r, sb, "run it", s) }()
-	waitFor(t, "the command to start", func() bool {
+	testutil.Poll(t, "the command to start", 20*time.Second, func() bool {
 		_, err := os.Stat(filepath.Join(sb.Workspace(), "started"))
 		return err == nil
 	})

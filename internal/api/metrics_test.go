@@ -7,11 +7,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 // scrape reads a metrics page into "name{labels}" -> value (labels as the
@@ -112,7 +112,7 @@ func TestMetrics(t *testing.T) {
 	st.Close()
 	h.Must(200, "DELETE", "/api/sessions/"+s.ID, nil)
 	h.WaitState(s.ID, "stopped")
-	poll(t, "the stream gauge back at 0", func() bool { return getMetrics(t, h)["execlaw_sse_clients"] == 0 })
+	testutil.Poll(t, "the stream gauge back at 0", apitest.Wait, func() bool { return getMetrics(t, h)["execlaw_sse_clients"] == 0 })
 	m = getMetrics(t, h)
 	for k, want := range map[string]float64{
 		`execlaw_errors_total{kind="provider"}`: 1,
@@ -161,17 +161,5 @@ func TestMetricsElsewhere(t *testing.T) {
 	}
 	if code, _ := get(guarded, "/metrics", h.AuthHeader()); code != 200 {
 		t.Errorf("not loopback, with token: %d", code)
-	}
-}
-
-// poll checks cond until it holds, failing the test at apitest.Wait.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(apitest.Wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not a readiness guess
 	}
 }

@@ -330,9 +330,3 @@ func pump(f *os.File, stream string, out chan<- ExecFrame, wg *sync.WaitGroup) {
 		}
 	}
 }
-
-func killGroup(pgid int) {
-	// ESRCH only means the group is already gone; the caller still waits for
-	// the leader either way.
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-}

@@ -178,6 +178,28 @@ func TestExecTimeoutKillsProcessGroup(t *testing.T) {
 	waitGone(t, readPid(t, filepath.Join(g.ws, "bg.pid")))
 }
 
+// Children that left the command's process group (a new session, as Node's
+// detached children and so Claude Code's tools have; a group of their own,
+// with a grandchild) die with the command too.
+func TestExecKillReachesDetachedChildren(t *testing.T) {
+	g := startGuest(t, ServerConfig{})
+	ctx := testCtx(t)
+	req := sh(`setsid sh -c 'echo $$ > sess.pid; sleep 101 & echo $! > sessbg.pid; wait' &
+set -m; sleep 102 & echo $! > job.pid
+while [ ! -s sessbg.pid ]; do sleep 0.01; done; wait`)
+	req.TimeoutSec = 1
+	res, err := g.c.Exec(ctx, req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.TimedOut {
+		t.Fatalf("result = %+v, want a timeout", res)
+	}
+	for _, f := range []string{"sess.pid", "sessbg.pid", "job.pid"} {
+		waitGone(t, readPid(t, filepath.Join(g.ws, f)))
+	}
+}
+
 func TestExecCancelKillsProcessGroup(t *testing.T) {
 	g := startGuest(t, ServerConfig{})
 	ctx, cancel := context.WithCancel(testCtx(t))

@@ -68,16 +68,23 @@ func ParseAgents(list string) (AgentSpec, error) {
 	return a, nil
 }
 
-var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var (
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	releaseRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
+)
+
+func checkClaudeVersion(v string) error {
+	if !releaseRE.MatchString(v) {
+		return fmt.Errorf("claude-code version %q is not a release number", v)
+	}
+	return nil
+}
 
 func (a AgentSpec) validate() error {
 	if a.Nullclaw != "" && !sha256RE.MatchString(a.NullclawSHA256) {
 		return errors.New("--nullclaw needs --nullclaw-sha256 with the binary's SHA-256 (64 hex digits)")
 	}
-	if v := a.claudeVersion(); !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(v) {
-		return fmt.Errorf("claude-code version %q is not a release number", v)
-	}
-	return nil
+	return checkClaudeVersion(a.claudeVersion())
 }
 
 func (a AgentSpec) claudeVersion() string {
@@ -108,6 +115,30 @@ func (a AgentSpec) recipe() string {
 	return strings.Join(parts, ",")
 }
 
+// InstallClaudeCode installs @anthropic-ai/claude-code at version under
+// prefix with the host's npm, as `npm install --global --prefix` does, and
+// returns the path of its bin/claude.
+func InstallClaudeCode(ctx context.Context, prefix, version string) (string, error) {
+	if err := checkClaudeVersion(version); err != nil {
+		return "", err
+	}
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		return "", errors.New("installing claude-code needs npm on the build host (apt-get install npm)")
+	}
+	cmd := exec.CommandContext(ctx, npm, "install", "--global", "--prefix", prefix,
+		"--no-audit", "--no-fund", "--omit=dev", "--ignore-scripts", "@anthropic-ai/claude-code@"+version)
+	cmd.Env = append(os.Environ(), "npm_config_update_notifier=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("npm install claude-code: %v: %s", err, lastLines(b, 8))
+	}
+	bin := filepath.Join(prefix, "bin", "claude")
+	if _, err := os.Lstat(bin); err != nil {
+		return "", fmt.Errorf("npm installed claude-code but %s is missing", bin)
+	}
+	return bin, nil
+}
+
 // install puts the agents into a root filesystem tree and returns what it
 // installed, as "name=version".
 func (a AgentSpec) install(ctx context.Context, tree string, out io.Writer) ([]string, error) {
@@ -117,18 +148,8 @@ func (a AgentSpec) install(ctx context.Context, tree string, out io.Writer) ([]s
 		fmt.Fprintf(out, "      installing @anthropic-ai/claude-code@%s from npm\n", v)
 		// The host's npm writes into the tree: the package is JavaScript run
 		// by the guest's own Node.js, so nothing needs to run inside the tree.
-		npm, err := exec.LookPath("npm")
-		if err != nil {
-			return nil, errors.New("installing claude-code needs npm on the build host (apt-get install npm)")
-		}
-		cmd := exec.CommandContext(ctx, npm, "install", "--global", "--prefix", filepath.Join(tree, "usr/local"),
-			"--no-audit", "--no-fund", "--omit=dev", "--ignore-scripts", "@anthropic-ai/claude-code@"+v)
-		cmd.Env = append(os.Environ(), "npm_config_update_notifier=false")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("npm install claude-code: %v: %s", err, lastLines(b, 8))
-		}
-		if _, err := os.Lstat(filepath.Join(tree, "usr/local/bin/claude")); err != nil {
-			return nil, errors.New("npm installed claude-code but usr/local/bin/claude is missing")
+		if _, err := InstallClaudeCode(ctx, filepath.Join(tree, "usr/local"), v); err != nil {
+			return nil, err
 		}
 		installed = append(installed, AgentClaudeCode+"="+v)
 	}

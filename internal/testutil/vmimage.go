@@ -46,28 +46,14 @@ func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) vm.Image {
 	if img, ok := vmImages.imgs[name]; ok {
 		return img
 	}
-	dir := os.Getenv(TestImageDirEnv)
-	if dir == "" {
-		dir = filepath.Join("/var/tmp", "execlaw-test-images")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		tb.Fatal(err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	dir, unlock := lockedCacheDir(tb)
+	defer unlock()
 
 	var out io.Writer = io.Discard
 	if testing.Verbose() {
 		out = os.Stderr
 	}
-	_, err = image.Build(context.Background(), image.BuildOptions{
+	_, err := image.Build(context.Background(), image.BuildOptions{
 		DataDir: dir, Name: name, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
 		Agents: agents,
 	})
@@ -87,4 +73,30 @@ func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) vm.Image {
 	}
 	vmImages.imgs[name] = img
 	return img
+}
+
+// lockedCacheDir returns the directory tests keep what they build between
+// runs in (/var/tmp/execlaw-test-images or $EXECLAW_TEST_IMAGES), locked
+// against test processes of other packages until unlock is called.
+func lockedCacheDir(tb testing.TB) (dir string, unlock func()) {
+	tb.Helper()
+	dir = os.Getenv(TestImageDirEnv)
+	if dir == "" {
+		dir = filepath.Join("/var/tmp", "execlaw-test-images")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		tb.Fatal(err)
+	}
+	return dir, func() {
+		syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+		lock.Close()
+	}
 }

@@ -28,7 +28,7 @@ func TestClaudeCodeInVM(t *testing.T) {
 		// The key is searched for in two halves joined at run time, so the
 		// command itself (which Claude Code keeps in its transcript) holds
 		// no copy of what is searched for.
-		`a=sk-ant-api03-REAL; b=KEY-claude-code-test; grep -rIl --exclude-dir=proc -e "$a$b" /root /workspace /tmp /etc /run 2>/dev/null | head -3; echo grep-done`,
+		`a=sk-ant-api03-REAL; b=KEY-claude-code-test; grep -rIl --exclude-dir=proc -e "$a$b" /root /.execlaw-claude-code /workspace /tmp /etc /run 2>/dev/null | head -3; echo grep-done`,
 		`exec 3<>/dev/tcp/127.0.0.1/4001; printf 'POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: wrong\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}' >&3; echo "wrong-token: $(head -1 <&3)"; exec 3<&-`,
 		`exec 3<>/dev/tcp/127.0.0.1/4001; printf "POST /v1/messages HTTP/1.1\r\nHost: api.evil.example\r\nx-api-key: $ANTHROPIC_API_KEY\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}" >&3; echo "other-host: $(head -1 <&3)"; exec 3<&-`,
 		`sync; echo synced`,

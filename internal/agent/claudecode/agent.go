@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,24 +21,43 @@ import (
 	"github.com/execlaw/execlaw/internal/llm"
 )
 
-// ProxyPort is where, inside the VM, the credential proxy's tunnel listens.
-const ProxyPort = 4001
+const (
+	// ProxyPort is where, inside the VM, the credential proxy's tunnel listens.
+	ProxyPort = 4001
+	// Binary is the CLI the image build installs (on PATH in the guest).
+	Binary = "claude"
+	// BinaryEnv, when set on the host, replaces Binary as the default of
+	// Config.Binary. With the process driver the sandbox is the host's own
+	// filesystem, so this is how tests point sessions at a CLI installed
+	// elsewhere.
+	BinaryEnv = "EXECLAW_CLAUDE_BIN"
+	// HomeDirName is the CLI's HOME (its settings, session files), next to
+	// the workspace, never inside it: /.execlaw-claude-code in a VM, inside
+	// the session's own directory with the process driver.
+	HomeDirName = ".execlaw-claude-code"
+)
 
 // Timing of a turn's end.
 const (
 	// Watchdog: a turn whose process prints nothing this long is stopped and
 	// reported (a model answer streams; a tool prints when it finishes).
 	DefaultWatchdog = 10 * time.Minute
-	interruptGrace  = 10 * time.Second
-	signalGrace     = 5 * time.Second
+	// DefaultInterruptGrace: how long a turn waits for Claude Code to end
+	// after an interrupt before the process is signalled and dropped.
+	DefaultInterruptGrace = 10 * time.Second
+	signalGrace           = 5 * time.Second
 )
 
 // Config is how a session's Claude Code runs.
 type Config struct {
 	LLM          llm.Config // provider anthropic; the key stays on the host
 	SystemPrompt string     // appended to Claude Code's own
-	Watchdog     time.Duration
-	Logger       *slog.Logger
+	// Binary is the CLI inside the guest; default $EXECLAW_CLAUDE_BIN
+	// (BinaryEnv), else Binary.
+	Binary         string
+	Watchdog       time.Duration // default DefaultWatchdog
+	InterruptGrace time.Duration // default DefaultInterruptGrace
+	Logger         *slog.Logger
 }
 
 // Agent is Claude Code as a session's agent: one long-lived
@@ -61,8 +82,17 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.LLM.APIKey.Empty() {
 		return nil, errors.New("claude-code needs an API key")
 	}
+	if cfg.Binary == "" {
+		cfg.Binary = os.Getenv(BinaryEnv)
+	}
+	if cfg.Binary == "" {
+		cfg.Binary = Binary
+	}
 	if cfg.Watchdog == 0 {
 		cfg.Watchdog = DefaultWatchdog
+	}
+	if cfg.InterruptGrace == 0 {
+		cfg.InterruptGrace = DefaultInterruptGrace
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -121,16 +151,22 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 			if err != nil {
 				return err
 			}
-			if res != nil {
-				if cancelled == nil { // it was interrupted
-					return sink.Emit(context.Background(), event.Error, event.ErrorData{Message: describeCause(ctx)})
-				}
-				return nil
+			if res == nil {
+				continue
 			}
+			switch {
+			case cancelled == nil:
+				// Interrupted: Claude Code ends the turn with an error
+				// result, which is the cancel, not a failure to report.
+				return sink.Emit(context.Background(), event.Error, event.ErrorData{Message: describeCause(ctx)})
+			case res.IsError:
+				return sink.Emit(context.Background(), event.Error, event.ErrorData{Message: res.describe()})
+			}
+			return nil
 		case <-cancelled:
 			cancelled = nil
 			a.interrupt(p)
-			deadline = time.After(interruptGrace)
+			deadline = time.After(a.cfg.InterruptGrace)
 		case <-deadline:
 			// No result after the interrupt: signal the process group, then
 			// give up on this process; the next turn starts a new one.
@@ -183,7 +219,11 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 		return a.proc, nil
 	}
 	token := a.proxy.Token
-	argv := []string{"claude", "-p", "--output-format", "stream-json", "--input-format", "stream-json", "--verbose",
+	home := path.Join(path.Dir(path.Clean(ws.Workspace())), HomeDirName)
+	if res, err := g.Exec(ctx, guest.ExecRequest{Argv: []string{"mkdir", "-p", home}}, nil); err != nil || res.ExitCode != 0 {
+		return nil, fmt.Errorf("create %s: %v (exit %d)", home, err, res.ExitCode)
+	}
+	argv := []string{a.cfg.Binary, "-p", "--output-format", "stream-json", "--input-format", "stream-json", "--verbose",
 		"--include-partial-messages", "--permission-mode", "bypassPermissions", "--model", a.cfg.LLM.Model}
 	if sp := strings.TrimSpace(a.cfg.SystemPrompt); sp != "" {
 		argv = append(argv, "--append-system-prompt", sp)
@@ -195,7 +235,7 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 			"ANTHROPIC_BASE_URL=http://127.0.0.1:" + strconv.Itoa(ProxyPort),
 			"ANTHROPIC_API_KEY=" + token, // the proxy's token, never the key
 			"ANTHROPIC_SMALL_FAST_MODEL=" + a.cfg.LLM.Model,
-			"HOME=/root",
+			"HOME=" + home,
 			// The VM is the sandbox: Claude Code's root check and prompts are moot.
 			"IS_SANDBOX=1",
 			"DISABLE_TELEMETRY=1", "DISABLE_ERROR_REPORTING=1", "DISABLE_AUTOUPDATER=1",

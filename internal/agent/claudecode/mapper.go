@@ -103,6 +103,18 @@ type Result struct {
 	Text    string
 }
 
+// describe is an error result as the user reads it.
+func (r *Result) describe() string {
+	msg := "Claude Code ended the turn with an error"
+	if r.Subtype != "" {
+		msg += " (" + r.Subtype + ")"
+	}
+	if r.Text != "" {
+		msg += ": " + r.Text
+	}
+	return msg
+}
+
 // Line maps one output line. It returns a non-nil Result when the line ends
 // the turn.
 func (m *Mapper) Line(raw []byte) (*Result, error) {
@@ -130,20 +142,7 @@ func (m *Mapper) Line(raw []byte) (*Result, error) {
 		if err := m.flush(); err != nil {
 			return nil, err
 		}
-		r := &Result{IsError: l.IsError, Subtype: l.Subtype, Text: clip(l.Result, 4<<10)}
-		if r.IsError {
-			msg := "Claude Code ended the turn with an error"
-			if r.Subtype != "" {
-				msg += " (" + r.Subtype + ")"
-			}
-			if r.Text != "" {
-				msg += ": " + r.Text
-			}
-			if err := m.emit.Emit(m.ctx, event.Error, event.ErrorData{Message: msg}); err != nil {
-				return nil, err
-			}
-		}
-		return r, nil
+		return &Result{IsError: l.IsError, Subtype: clip(l.Subtype, 64), Text: clip(l.Result, 4<<10)}, nil
 	}
 	return nil, nil
 }

@@ -1,70 +1,18 @@
 package nullclaw
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
-	"unicode/utf8"
 
+	"github.com/execlaw/execlaw/internal/agent/agenttest"
 	"github.com/execlaw/execlaw/internal/event"
 )
 
-// recorder is an event.Emitter that keeps events as the store would: type
-// and JSON.
-type recorder struct {
-	t       *testing.T
-	mu      sync.Mutex
-	events  []recEvent
-	failAt  int // fail the n-th Emit (1-based) when > 0
-	emitted int
-}
-
-type recEvent struct {
-	Type string
-	Data map[string]any
-}
-
-func newRecorder(t *testing.T) *recorder { return &recorder{t: t} }
-
-var errEmit = errors.New("store is gone")
-
-func (r *recorder) Emit(_ context.Context, typ string, data any) error {
-	b, err := json.Marshal(data)
-	if err != nil {
-		r.t.Errorf("Emit %s: %v", typ, err)
-		return err
-	}
-	if !utf8.Valid(b) {
-		r.t.Errorf("Emit %s: not UTF-8", typ)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		r.t.Errorf("Emit %s: data is not an object: %s", typ, b)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.emitted++
-	if r.failAt > 0 && r.emitted >= r.failAt {
-		return errEmit
-	}
-	r.events = append(r.events, recEvent{typ, m})
-	return nil
-}
-
-func (r *recorder) all() []recEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]recEvent(nil), r.events...)
-}
-
 // summary renders events compactly: "message_delta:Hel", "tool_call:shell"...
-func (r *recorder) summary() []string {
+func summary(evs []agenttest.Event) []string {
 	var out []string
-	for _, e := range r.all() {
+	for _, e := range evs {
 		s := e.Type
 		switch e.Type {
 		case event.MessageDelta:
@@ -87,7 +35,7 @@ func (r *recorder) summary() []string {
 // checkPairing asserts the log's invariants: every run of deltas of a
 // message id ends with its message holding exactly their concatenation, and
 // every tool_call has one tool_result after it.
-func checkPairing(t *testing.T, evs []recEvent) {
+func checkPairing(t *testing.T, evs []agenttest.Event) {
 	t.Helper()
 	deltas := map[string]*strings.Builder{}
 	closed := map[string]bool{}

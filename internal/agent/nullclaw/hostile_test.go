@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent/agenttest"
 	"github.com/execlaw/execlaw/internal/event"
 )
 
@@ -162,20 +163,20 @@ func TestHostileServerOutput(t *testing.T) {
 			}
 
 			// The same through the mapper: a clean log, one error_event at most.
-			rec := newRecorder(t)
+			rec := agenttest.NewRecorder(t)
 			out, ferr := RunTurn(ctx, c, rec, "c1", "hi", TurnOptions{})
 			if ferr != nil {
 				t.Fatal(ferr)
 			}
-			checkPairing(t, rec.all())
+			checkPairing(t, rec.Events())
 			errs := 0
-			for _, e := range rec.all() {
+			for _, e := range rec.Events() {
 				if e.Type == event.Error {
 					errs++
 				}
 			}
 			if want := map[bool]int{true: 0, false: 1}[err == nil]; errs != want {
-				t.Errorf("%d error events, want %d: %q", errs, want, rec.summary())
+				t.Errorf("%d error events, want %d: %q", errs, want, summary(rec.Events()))
 			}
 			if (out.Err == nil) != (err == nil) {
 				t.Errorf("outcome err %v, stream err %v", out.Err, err)
@@ -261,7 +262,7 @@ func FuzzStreamAndMap(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		body = bytes.ReplaceAll(body, []byte("{{ID}}"), []byte(`"id-1"`))
 		lim := Limits{MaxLineBytes: 4096, MaxEventBytes: 8192, MaxEvents: 64}.withDefaults()
-		rec := newRecorder(t)
+		rec := agenttest.NewRecorder(t)
 		m := NewMapper(rec, MapperLimits{MaxTurnTextBytes: 1024})
 		st := &streamState{lim: lim, id: "id-1", contextID: "c1", on: m.Handle}
 		sr := newSSEReader(bytes.NewReader(body), lim)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/execlaw/execlaw/internal/agent/agenttest"
 )
 
 func evTask(state TaskState, arts ...Artifact) Event {
@@ -26,9 +28,9 @@ func evStatus(state TaskState, msg string, final bool) Event {
 	return Event{Kind: KindStatusUpdate, StatusUpdate: &TaskStatusUpdateEvent{TaskID: "t1", ContextID: "c1", Status: s, Final: final}}
 }
 
-func mapAll(t *testing.T, lim MapperLimits, evs ...Event) (*recorder, Outcome) {
+func mapAll(t *testing.T, lim MapperLimits, evs ...Event) (*agenttest.Recorder, Outcome) {
 	t.Helper()
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	m := NewMapper(rec, lim)
 	for _, ev := range evs {
 		if err := m.Handle(ev); err != nil {
@@ -39,7 +41,7 @@ func mapAll(t *testing.T, lim MapperLimits, evs ...Event) (*recorder, Outcome) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 	return rec, out
 }
 
@@ -71,7 +73,7 @@ func TestMapTextSemantics(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rec, out := mapAll(t, MapperLimits{}, tc.evs...)
-			eqStrings(t, rec.summary(), tc.want)
+			eqStrings(t, summary(rec.Events()), tc.want)
 			if out.State != StateCompleted || out.Err != nil {
 				t.Errorf("outcome %+v", out)
 			}
@@ -102,7 +104,7 @@ func TestMapTerminalStates(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rec, out := mapAll(t, MapperLimits{}, evTask(StateSubmitted), evArt("a", "x", true, false), evStatus(StateWorking, ToolHintPrefix+"shell", false), tc.last)
-			eqStrings(t, rec.summary(), tc.want)
+			eqStrings(t, summary(rec.Events()), tc.want)
 			if out.State != tc.state || (out.Err == nil) != (tc.state == StateCanceled) {
 				t.Errorf("outcome %+v", out)
 			}
@@ -111,7 +113,7 @@ func TestMapTerminalStates(t *testing.T) {
 }
 
 func TestMapStreamProblems(t *testing.T) {
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	m := NewMapper(rec, MapperLimits{})
 	m.Handle(evTask(StateSubmitted))
 	m.Handle(evArt("a", "partial", true, false))
@@ -120,37 +122,37 @@ func TestMapStreamProblems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eqStrings(t, rec.summary(), []string{"message_delta:partial", "message:partial", "tool_call:shell",
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:partial", "message:partial", "tool_call:shell",
 		"tool_result:shell!", "error_event:nullclaw: the stream ended before the task finished"})
 	if !errors.Is(out.Err, ErrStreamEnded) || out.State != StateWorking {
 		t.Errorf("outcome %+v", out)
 	}
 
 	// Cut short by the caller: closed quietly.
-	rec = newRecorder(t)
+	rec = agenttest.NewRecorder(t)
 	m = NewMapper(rec, MapperLimits{})
 	m.Handle(evTask(StateSubmitted))
 	m.Handle(evArt("a", "partial", true, false))
 	out, _ = m.Finish(errors.New("context canceled"), true)
-	eqStrings(t, rec.summary(), []string{"message_delta:partial", "message:partial"})
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:partial", "message:partial"})
 	if out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
 
 	// A failure is reported once even when Finish sees it again.
-	rec = newRecorder(t)
+	rec = agenttest.NewRecorder(t)
 	m = NewMapper(rec, MapperLimits{})
 	m.Handle(evTask(StateSubmitted))
 	m.Handle(evStatus(StateFailed, "boom", true))
 	m.Finish(errors.New("later"), false)
-	eqStrings(t, rec.summary(), []string{"error_event:nullclaw: the task failed: boom"})
+	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw: the task failed: boom"})
 }
 
 func TestMapBounds(t *testing.T) {
 	// Text past the turn's limit is cut on a rune boundary with a marker.
 	rec, out := mapAll(t, MapperLimits{MaxTurnTextBytes: 10},
 		evTask(StateSubmitted), evArt("a", "12345678", true, false), evArt("a", "9é€xyz", true, false), evArt("a", "more", true, false), evStatus(StateCompleted, "", true))
-	eqStrings(t, rec.summary(), []string{"message_delta:12345678", "message_delta:9" + TruncationMarker, "message:123456789" + TruncationMarker})
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:12345678", "message_delta:9" + TruncationMarker, "message:123456789" + TruncationMarker})
 	if !out.Truncated {
 		t.Error("not marked truncated")
 	}
@@ -159,12 +161,12 @@ func TestMapBounds(t *testing.T) {
 	hint := func(name string) Event { return evStatus(StateWorking, ToolHintPrefix+name, false) }
 	rec, _ = mapAll(t, MapperLimits{MaxToolCalls: 3, MaxToolNameBytes: 8},
 		evTask(StateSubmitted), hint("  "), hint("a\x1b[31m\nb"), hint(strings.Repeat("n", 50)), hint("dropped"), evStatus(StateCompleted, "", true))
-	eqStrings(t, rec.summary(), []string{"tool_call:unknown", "tool_result:unknown", "tool_call:a[31m b", "tool_result:a[31m b",
+	eqStrings(t, summary(rec.Events()), []string{"tool_call:unknown", "tool_result:unknown", "tool_call:a[31m b", "tool_result:a[31m b",
 		"tool_call:nnnnnnnn…", "tool_result:nnnnnnnn…"})
 }
 
 func TestMapToolDuration(t *testing.T) {
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	m := NewMapper(rec, MapperLimits{})
 	now := time.Unix(1000, 0)
 	m.now = func() time.Time { return now }
@@ -174,30 +176,30 @@ func TestMapToolDuration(t *testing.T) {
 	m.Handle(evArt("a", "done", true, false))
 	m.Handle(evStatus(StateCompleted, "", true))
 	m.Finish(nil, false)
-	res := rec.all()[1]
+	res := rec.Events()[1]
 	if res.Data["durationMs"] != float64(1500) {
 		t.Errorf("result %v", res.Data)
 	}
 }
 
 func TestMapEmitFailure(t *testing.T) {
-	rec := newRecorder(t)
-	rec.failAt = 2
+	rec := agenttest.NewRecorder(t)
+	rec.FailAt = 2
 	m := NewMapper(rec, MapperLimits{})
 	m.Handle(evTask(StateSubmitted))
 	if err := m.Handle(evArt("a", "x", true, false)); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Handle(evArt("a", "y", true, false)); !errors.Is(err, errEmit) {
+	if err := m.Handle(evArt("a", "y", true, false)); !errors.Is(err, agenttest.ErrEmit) {
 		t.Fatalf("err %v", err)
 	}
-	if err := m.Handle(evArt("a", "z", true, false)); !errors.Is(err, errEmit) {
+	if err := m.Handle(evArt("a", "z", true, false)); !errors.Is(err, agenttest.ErrEmit) {
 		t.Fatalf("later err %v", err)
 	}
-	if _, err := m.Finish(nil, false); !errors.Is(err, errEmit) {
+	if _, err := m.Finish(nil, false); !errors.Is(err, agenttest.ErrEmit) {
 		t.Fatalf("finish err %v", err)
 	}
-	if n := len(rec.all()); n != 1 {
+	if n := len(rec.Events()); n != 1 {
 		t.Errorf("%d events", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent/agenttest"
 	"github.com/execlaw/execlaw/internal/agent/nullclaw/nullclawtest"
 )
 
@@ -26,7 +27,7 @@ func newStandIn(t *testing.T) (*nullclawtest.Server, *Client) {
 	return srv, NewClient(srv.URL, nil, testToken)
 }
 
-func runTurn(t *testing.T, c *Client, rec *recorder, ctxID, text string) Outcome {
+func runTurn(t *testing.T, c *Client, rec *agenttest.Recorder, ctxID, text string) Outcome {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -45,13 +46,13 @@ func TestStreamedTextBecomesDeltasAndMessage(t *testing.T) {
 		tn.Chunk("wörld")
 		tn.Complete()
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "say hello")
 
-	eqStrings(t, rec.summary(), []string{
+	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Hel", "message_delta:lo, ", "message_delta:wörld", "message:Hello, wörld",
 	})
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 	if out.State != StateCompleted || out.Err != nil || out.TaskID != "task-1" || out.ContextID != "sess-1" {
 		t.Errorf("outcome %+v", out)
 	}
@@ -94,17 +95,17 @@ func TestToolHintsBecomeToolCallsWithResults(t *testing.T) {
 		tn.Chunk("it.")
 		tn.Complete()
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "find it")
 
-	eqStrings(t, rec.summary(), []string{
+	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Let me look.", "message:Let me look.",
 		"tool_call:shell", "tool_result:shell",
 		"tool_call:file_read", "tool_result:file_read",
 		"message_delta:Found ", "message_delta:it.", "message:Found it.",
 	})
-	checkPairing(t, rec.all())
-	evs := rec.all()
+	checkPairing(t, rec.Events())
+	evs := rec.Events()
 	call, res := evs[2].Data, evs[3].Data
 	if call["id"] != res["id"] || res["output"] != ToolResultUnreported || res["isError"] != false {
 		t.Errorf("tool call %v result %v", call, res)
@@ -128,15 +129,15 @@ func TestFailedTurnReportsError(t *testing.T) {
 		tn.ToolHint("shell")
 		tn.Fail()
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "do it")
 
-	eqStrings(t, rec.summary(), []string{
+	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Working on", "message:Working on",
 		"tool_call:shell", "tool_result:shell!",
 		"error_event:nullclaw: Agent processing failed (JSON-RPC error -32603)",
 	})
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 	var re *RPCError
 	if !errors.As(out.Err, &re) || re.Code != CodeInternalError {
 		t.Errorf("outcome err %v", out.Err)
@@ -160,7 +161,7 @@ func TestCancelEndsTheTurn(t *testing.T) {
 		// says so in the final event.
 		tn.Complete()
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
 	out, err := RunTurn(ctx, c, rec, "sess-1", "run forever", TurnOptions{CancelGrace: 5 * time.Second})
@@ -168,11 +169,11 @@ func TestCancelEndsTheTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eqStrings(t, rec.summary(), []string{
+	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Starting a long job", "message:Starting a long job",
 		"tool_call:shell", "tool_result:shell!",
 	})
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 	if out.State != StateCanceled || out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
@@ -206,7 +207,7 @@ func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
 		case <-tn.Stopped():
 		}
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
 	begin := time.Now()
@@ -218,7 +219,7 @@ func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
 		t.Errorf("gave up after %v", d)
 	}
 	// No error_event: the caller cancelled and reports it.
-	eqStrings(t, rec.summary(), []string{"message_delta:stuck", "message:stuck"})
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:stuck", "message:stuck"})
 	if out.State != StateWorking || out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
@@ -227,7 +228,7 @@ func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
 func TestCancelDirect(t *testing.T) {
 	srv, c := newStandIn(t)
 	srv.Enqueue(func(tn *nullclawtest.Turn) { tn.Chunk("done"); tn.Complete() })
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	runTurn(t, c, rec, "sess-1", "x")
 	ctx := context.Background()
 
@@ -256,19 +257,19 @@ func TestCancelDirect(t *testing.T) {
 
 func TestConversationKeepsContext(t *testing.T) {
 	srv, c := newStandIn(t)
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	runTurn(t, c, rec, "sess-7", "one")
 	runTurn(t, c, rec, "sess-7", "two")
 	turns := srv.Turns()
 	if len(turns) != 2 || turns[0].ContextID != "sess-7" || turns[1].ContextID != "sess-7" || turns[0].TaskID == turns[1].TaskID {
 		t.Errorf("turns %+v %+v", turns[0], turns[1])
 	}
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 }
 
 func TestTextReachesNullclawWithFewestEscapes(t *testing.T) {
 	srv, c := newStandIn(t)
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	text := `if a < b && c > d { print("x") }` + "\nnext line ✓"
 	runTurn(t, c, rec, "sess-1", text)
 	tn := srv.Turns()[0]
@@ -285,13 +286,13 @@ func TestTextReachesNullclawWithFewestEscapes(t *testing.T) {
 func TestUnauthorized(t *testing.T) {
 	srv := nullclawtest.New(t, testToken)
 	c := NewClient(srv.URL, nil, "wrong-token-0000000")
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "hi")
 	var he *HTTPError
 	if !errors.As(out.Err, &he) || he.StatusCode != 401 || he.Message != "unauthorized" {
 		t.Errorf("err %v", out.Err)
 	}
-	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
+	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
 	if out.TaskID != "" {
 		t.Errorf("outcome %+v", out)
 	}
@@ -337,13 +338,13 @@ func TestEmitFailureStopsTheTurn(t *testing.T) {
 		}
 		tn.Complete()
 	})
-	rec := newRecorder(t)
-	rec.failAt = 3
+	rec := agenttest.NewRecorder(t)
+	rec.FailAt = 3
 	out, err := RunTurn(context.Background(), c, rec, "sess-1", "hi", TurnOptions{})
-	if !errors.Is(err, errEmit) {
+	if !errors.Is(err, agenttest.ErrEmit) {
 		t.Errorf("err %v, outcome %+v", err, out)
 	}
-	if n := len(rec.all()); n != 2 {
+	if n := len(rec.Events()); n != 2 {
 		t.Errorf("%d events recorded", n)
 	}
 }
@@ -358,12 +359,12 @@ func TestIdleTimeout(t *testing.T) {
 		}
 	})
 	c.IdleTimeout = 200 * time.Millisecond
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "hi")
 	if !errors.Is(out.Err, ErrIdle) {
 		t.Errorf("err %v", out.Err)
 	}
-	eqStrings(t, rec.summary(), []string{
+	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:then silence", "message:then silence",
 		"error_event:nullclaw: no output for too long; the turn was abandoned",
 	})
@@ -393,11 +394,11 @@ func TestUnstreamedReplyIsFetched(t *testing.T) {
 		tn.SetReply("the whole answer")
 		tn.Complete()
 	})
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	out := runTurn(t, c, rec, "sess-1", "hi")
-	eqStrings(t, rec.summary(), []string{"tool_call:shell", "tool_result:shell",
+	eqStrings(t, summary(rec.Events()), []string{"tool_call:shell", "tool_result:shell",
 		"message_delta:the whole answer", "message:the whole answer"})
-	checkPairing(t, rec.all())
+	checkPairing(t, rec.Events())
 	if out.State != StateCompleted || out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
@@ -422,13 +423,13 @@ func TestStandInOptions(t *testing.T) {
 	srv.Authorize = func(auth string) bool { return auth == "Bearer "+testToken }
 	url := serve(srv)
 
-	rec := newRecorder(t)
+	rec := agenttest.NewRecorder(t)
 	runTurn(t, NewClient(url, nil, testToken), rec, "sess-1", "hi")
-	eqStrings(t, rec.summary(), []string{"message_delta:ok", "message:ok"})
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:ok", "message:ok"})
 
-	rec = newRecorder(t)
+	rec = agenttest.NewRecorder(t)
 	runTurn(t, NewClient(url, nil, "other-token-000000"), rec, "sess-1", "hi")
-	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
+	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
 	select {
 	case v := <-told:
 		if !strings.Contains(v, "bearer token") || len(srv.Violations()) != 1 {
@@ -440,7 +441,7 @@ func TestStandInOptions(t *testing.T) {
 
 	off := nullclawtest.NewHandler(testToken)
 	off.A2ADisabled = true
-	rec = newRecorder(t)
+	rec = agenttest.NewRecorder(t)
 	runTurn(t, NewClient(serve(off), nil, testToken), rec, "sess-1", "hi")
-	eqStrings(t, rec.summary(), []string{"error_event:nullclaw gateway: HTTP 404: a2a not enabled"})
+	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 404: a2a not enabled"})
 }

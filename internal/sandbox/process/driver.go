@@ -179,7 +179,11 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 }
 
 func (d *Driver) command(dir, ws, listen string, out io.Writer, pidNS bool) *exec.Cmd {
-	cmd := exec.Command(d.cfg.GuestBinary, "--listen", listen, "--workspace", ws)
+	args := []string{"--listen", listen, "--workspace", ws}
+	if pidNS {
+		args = append(args, "--private-proc")
+	}
+	cmd := exec.Command(d.cfg.GuestBinary, args...)
 	cmd.Dir = dir // a relative socket path (see SocketDir.BindPath) resolves here
 	// Never the server's environment: it holds API keys and other secrets.
 	cmd.Env = []string{"PATH=" + guestPath, "HOME=" + ws, "LANG=C.UTF-8"}
@@ -194,7 +198,10 @@ func (d *Driver) command(dir, ws, listen string, out io.Writer, pidNS bool) *exe
 		Pdeathsig: syscall.SIGKILL,
 	}
 	if pidNS {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+		// A mount namespace too, so the guest can mount a /proc of its own
+		// PID namespace (--private-proc) without touching the host's: it
+		// walks /proc to kill what a command left running.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
 	}
 	return cmd
 }
