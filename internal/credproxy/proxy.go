@@ -69,6 +69,8 @@ type Proxy struct {
 	client  *http.Client
 	onUsage func(Usage)
 	log     *slog.Logger
+
+	inflight inflight
 }
 
 // minTokenLen keeps a guessable token from being configured by mistake.

@@ -3,7 +3,9 @@ package credproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 const realKey = "sk-real-key-0123456789abcdefghij"
@@ -559,4 +562,43 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	if resp.StatusCode != http.StatusTemporaryRedirect || elsewhere.Load() != 0 {
 		t.Errorf("status %d, redirect target called %d times", resp.StatusCode, elsewhere.Load())
 	}
+}
+
+// Settle returns once no request is relayed, and by then the usage of the
+// finished ones has been reported: a turn waits on it before it ends.
+func TestSettle(t *testing.T) {
+	gate := make(chan struct{})
+	fake := llmtest.NewAnthropic(llmtest.Turn{Text: "Held after the first delta.", OutputTokens: 7, Gate: gate}).Attach(t)
+	r := newRig(t, llm.Anthropic, fake.URL())
+
+	settle := func(d time.Duration) error {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		defer cancel()
+		return r.p.Settle(ctx)
+	}
+	if err := settle(time.Second); err != nil {
+		t.Fatalf("Settle with nothing in flight: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.post("/v1/messages", anthropicStream, anthropicHeader(r.token))
+	}()
+	testutil.Poll(t, "the request upstream", 10*time.Second, func() bool { return len(fake.Requests()) == 1 })
+	if err := settle(50 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Settle with a request in flight: %v", err)
+	}
+	close(gate)
+	if err := settle(10 * time.Second); err != nil {
+		t.Fatalf("Settle after the request: %v", err)
+	}
+	select {
+	case u := <-r.usage:
+		if u.OutputTokens != 7 {
+			t.Errorf("usage %+v", u)
+		}
+	default:
+		t.Fatal("Settle returned before the usage was reported")
+	}
+	<-done
 }

@@ -98,6 +98,8 @@ func (p *Proxy) serve(conn net.Conn, br *bufio.Reader, req *http.Request) bool {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 
+	p.inflight.begin()
+	defer p.inflight.end() // after OnUsage: Settle promises the usage is in
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopWatch := watchClose(conn, br, cancel)

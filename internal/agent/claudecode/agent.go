@@ -118,6 +118,8 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 	if err != nil {
 		return sink.Emit(context.WithoutCancel(ctx), event.Error, event.ErrorData{Message: "could not start Claude Code in the sandbox: " + err.Error()})
 	}
+	// The usage of the turn's last model call is in before the turn ends.
+	defer a.proxy.Settle(context.WithoutCancel(ctx))
 	msg, _ := json.Marshal(map[string]any{
 		"type":    "user",
 		"message": map[string]any{"role": "user", "content": []map[string]string{{"type": "text", "text": text}}},

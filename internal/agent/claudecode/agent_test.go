@@ -123,7 +123,10 @@ func TestRealClaudeCode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(home, ".claude")); err != nil {
 		t.Errorf("Claude Code kept nothing in its HOME: %v", err)
 	}
-	testutil.Poll(t, "usage from the proxy", 30*time.Second, func() bool { u := s.Usage(); return u.InputTokens >= 1200 && u.OutputTokens >= 40 })
+	// Counted by the proxy, and in before the turn ended.
+	if u := s.Usage(); u.InputTokens < 1200 || u.OutputTokens < 40 || count(s.Events(), event.Usage) != 2 {
+		t.Errorf("usage when the turn ended: %+v in %d events", u, count(s.Events(), event.Usage))
+	}
 	if n := count(s.Events(), event.MessageDelta); n < 4 {
 		t.Errorf("text was not streamed: %d deltas", n)
 	}
@@ -180,6 +183,7 @@ func TestWatchdog(t *testing.T) {
 		t.Fatalf("got %q\nwant %q", got, want)
 	}
 	testutil.Poll(t, "the tool's sleep to end", 30*time.Second, func() bool { return len(testutil.ProcessesWithArgs("sleep", "3607")) == 0 })
+	a.cfg.Watchdog = DefaultWatchdog // the new CLI's start is not watched either
 
 	s.Reset()
 	turn(t, t.Context(), a, sb, "Hello again.", s)

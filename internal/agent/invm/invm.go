@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/credproxy"
@@ -23,6 +24,7 @@ import (
 type Proxy struct {
 	Token string
 	Port  int
+	proxy *credproxy.Proxy
 	stop  context.CancelFunc
 	usage *Usage
 }
@@ -52,8 +54,22 @@ func StartProxy(ctx context.Context, g *guest.Client, port int, cfg llm.Config, 
 			log.Warn("credential proxy tunnel ended", "err", err)
 		}
 	}()
-	p.stop = stop
+	p.proxy, p.stop = proxy, stop
 	return p, nil
+}
+
+// settleWait bounds how long a turn's end waits for the proxy: a model call
+// the agent left running (a background request of its own) must not hold
+// the turn open.
+const settleWait = 2 * time.Second
+
+// Settle waits, briefly, until the proxy relays nothing, so the usage of
+// the turn's model calls is reported before the turn is: the agent reads
+// an answer's last byte before the proxy has counted it.
+func (p *Proxy) Settle(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, settleWait)
+	defer cancel()
+	_ = p.proxy.Settle(ctx)
 }
 
 // SetSink makes the current turn's sink the one usage is reported to.

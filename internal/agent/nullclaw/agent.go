@@ -116,6 +116,8 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 		a.stopGateway()
 		return sink.Emit(context.WithoutCancel(ctx), event.Error, event.ErrorData{Message: msg})
 	}
+	// The usage of the turn's last model call is in before the turn ends.
+	defer a.proxy.Settle(context.WithoutCancel(ctx))
 	out, err := RunTurn(ctx, a.client, sink, a.contextID, text, TurnOptions{})
 	if err != nil {
 		return err
