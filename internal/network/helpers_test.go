@@ -41,7 +41,9 @@ import (
 
 // testPrefix makes every namespace a test creates unique to this process,
 // and keeps the tests' Sweep away from anything a real server owns.
-var testPrefix = fmt.Sprintf("xlt%d-", os.Getpid())
+var testPrefix = fmt.Sprintf("%s%d-", testFamily, os.Getpid())
+
+const testFamily = "xlt"
 
 var (
 	inetAddr = TestbedInternetAddr
@@ -95,6 +97,9 @@ func TestMain(m *testing.M) {
 	var err error
 	root := os.Geteuid() == 0
 	if root {
+		if err := SweepTestbeds(testFamily); err != nil {
+			fmt.Fprintln(os.Stderr, "removing what killed test runs left:", err)
+		}
 		if before, err = snapshotRealHost(); err != nil {
 			fmt.Fprintln(os.Stderr, "snapshot of the real host namespace:", err)
 			os.Exit(1)

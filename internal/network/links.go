@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -39,8 +40,11 @@ func newHandleAt(nsFd int) (*netlink.Handle, error) {
 	return h, nil
 }
 
-// createTap creates a persistent, single-queue TAP device owned by root in
-// the calling thread's network namespace (run it inside inNS). A TAP can only
+// createTap creates a persistent, single-queue TAP device in the calling
+// thread's network namespace (run it inside inNS), owned by this process's
+// user: the VMM, started as that user without capabilities
+// (vm.WithoutAmbientCaps), may attach to a TAP device it owns, and to no
+// other. A TAP can only
 // be made through /dev/net/tun, and the device lands in the namespace of the
 // thread that opens that file: rtnetlink refuses to create tun devices.
 //
@@ -63,7 +67,7 @@ func createTap(name string) error {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return fmt.Errorf("TUNSETIFF %s: %w", name, err)
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, 0); err != nil {
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, os.Geteuid()); err != nil {
 		return fmt.Errorf("TUNSETOWNER %s: %w", name, err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {

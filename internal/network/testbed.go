@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/google/nftables"
@@ -176,4 +178,29 @@ func (tb *Testbed) State() (HostState, error) {
 		st.Rules += len(rules)
 	}
 	return st, nil
+}
+
+// SweepTestbeds removes what tests of a family left behind when they were
+// killed before their cleanup ran (a timeout, an interrupted run): the
+// named namespaces called <family><pid>-…, for a pid that no longer runs.
+// Tests name their namespaces that way and sweep their family at start.
+func SweepTestbeds(family string) error {
+	names, err := listNamedNS(family)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range names {
+		rest := strings.TrimPrefix(name, family)
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			continue // not a testbed name of this family
+		}
+		if unix.Kill(pid, 0) != unix.ESRCH {
+			continue // its test still runs (or may: EPERM)
+		}
+		errs = append(errs, removeNamedNS(filepath.Join(netnsDir, name)))
+	}
+	return errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,7 +39,10 @@ type env struct {
 	pfx  string
 }
 
-var envCounter int
+var (
+	envCounter int
+	sweepOnce  sync.Once
+)
 
 func newEnv(t *testing.T) *env { return newBenchEnv(t) }
 
@@ -53,8 +57,13 @@ func newEnvWith(t testing.TB, img vm.Image, agents []string) *env {
 	if os.Geteuid() != 0 {
 		t.Fatal("VM tests need root: network namespaces, TAP devices, debootstrap")
 	}
+	sweepOnce.Do(func() {
+		if err := network.SweepTestbeds("xlv"); err != nil {
+			t.Logf("removing what killed test runs left: %v", err)
+		}
+	})
 	envCounter++
-	pfx := fmt.Sprintf("xlv%d-%d-", os.Getpid()%100000, envCounter)
+	pfx := fmt.Sprintf("xlv%d-%d-", os.Getpid(), envCounter)
 	tb, err := network.NewTestbed(pfx)
 	if err != nil {
 		t.Fatal(err)

@@ -265,7 +265,11 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	}
 
 	progress("vmm")
-	if err := sb.startVMM(d.command(l, id)); err != nil {
+	cmd, err := d.command(l, id)
+	if err != nil {
+		return nil, sb.abort(err)
+	}
+	if err := sb.startVMM(cmd); err != nil {
 		return nil, sb.abort(err)
 	}
 	log.Info("firecracker started", "pid", sb.pid, "jailed", l.jailBase != "", "dir", dir)
@@ -317,13 +321,19 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 	return nil
 }
 
-// command is the VMM's command line: firecracker itself, or the jailer.
-func (d *Driver) command(l *layout, id string) *exec.Cmd {
+// command is the VMM's command line: firecracker itself (without the
+// server's ambient capabilities), or the jailer (which drops privileges
+// itself).
+func (d *Driver) command(l *layout, id string) (*exec.Cmd, error) {
 	var cmd *exec.Cmd
 	if l.jailBase != "" {
 		cmd = exec.Command(d.cfg.JailerBinary, d.jailerArgs(id, l.jailBase)...)
 	} else {
-		cmd = exec.Command(d.cfg.Binary, "--api-sock", l.apiSock, "--id", id)
+		argv, err := vm.WithoutAmbientCaps([]string{d.cfg.Binary, "--api-sock", l.apiSock, "--id", id})
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(argv[0], argv[1:]...)
 	}
 	cmd.Dir = l.dir
 	// Never the server's environment: it holds API keys. Firecracker needs
@@ -339,5 +349,5 @@ func (d *Driver) command(l *layout, id string) *exec.Cmd {
 		// a crashed server.
 		Pdeathsig: syscall.SIGKILL,
 	}
-	return cmd
+	return cmd, nil
 }

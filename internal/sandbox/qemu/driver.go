@@ -250,7 +250,11 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 			"-netdev", "tap,id=net0,ifname="+net.TapName()+",script=no,downscript=no",
 			"-device", "virtio-net-device,netdev=net0,mac="+net.MAC())
 	}
-	cmd := exec.Command(d.cfg.Binary, args...)
+	argv, err := vm.WithoutAmbientCaps(append([]string{d.cfg.Binary}, args...))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	if socks != nil && !socks.Short() {
 		cmd.Dir = spec.Dir // where the relative control socket path resolves
 	}
