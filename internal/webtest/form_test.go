@@ -21,6 +21,9 @@ func TestFormOpenAICompatibleModelPicker(t *testing.T) {
 	fake.RequireKey("sk-local-key")
 	h := apitest.New(t, apitest.Options{})
 	p := openPage(t, h, pageOptions{})
+	if !eval[bool](p, `document.querySelector('#ns-agent-field').hidden`) {
+		t.Error("the agent picker shows with only the built-in agent to pick")
+	}
 
 	p.do(chromedp.SetValue(chromedp.CSS("#ns-provider"), "openai-compatible"))
 	p.eval0(`document.querySelector('#ns-provider').dispatchEvent(new Event('change'))`)
@@ -80,4 +83,40 @@ listed:
 	p.waitFor("the key in clear", `document.querySelector('#ns-key').type === 'text'`)
 	p.click("#ns-key-clear")
 	p.waitFor("the key gone", `document.querySelector('#ns-key').value === '' && !(localStorage.getItem('execlaw.keys') || '').includes('sk-local-key')`)
+}
+
+// With agents besides the built-in one the form offers them. Claude Code
+// takes the Anthropic provider (the form says so if another is picked), and
+// the session runs the agent chosen, shown in its header.
+func TestFormAgentPicker(t *testing.T) {
+	h := apitest.New(t, apitest.Options{Agents: []string{"builtin", "claude-code"}})
+	p := openPage(t, h, pageOptions{})
+	p.waitFor("the agent picker", `!document.querySelector('#ns-agent-field').hidden && document.querySelector('#ns-agent').options.length === 2`)
+	choose := func(sel, value string) {
+		p.do(chromedp.SetValue(chromedp.CSS(sel), value))
+		p.eval0(`document.querySelector(` + jsStr(sel) + `).dispatchEvent(new Event('change'))`)
+	}
+	choose("#ns-provider", "openai")
+	choose("#ns-agent", "claude-code")
+	p.waitFor("the Anthropic provider", `document.querySelector('#ns-provider').value === 'anthropic'`)
+	p.waitText("#ns-agent-hint", "per-session token")
+
+	choose("#ns-provider", "openai")
+	p.typeInto("#ns-key", "sk-openai-key-0123456789")
+	p.click("#ns-submit")
+	p.waitText("#ns-problem", "choose Anthropic as the provider")
+
+	choose("#ns-provider", "anthropic")
+	p.setValue("#ns-key", "sk-ant-key-0123456789")
+	p.setValue("#ns-name", "with claude code")
+	p.waitFor("a model", `document.querySelector('#ns-model').value !== ''`)
+	p.click("#ns-submit")
+	p.waitFor("the new tab", `document.querySelectorAll('#tabs .tab').length === 1`)
+	id := p.activeTab()
+	p.waitText(panel(id)+" .badge.agent", "claude-code")
+	var v struct{ Agent, Provider string }
+	h.Must(200, "GET", "/api/sessions/"+id+"/status", nil).JSON(t, &v)
+	if v.Agent != "claude-code" || v.Provider != "anthropic" {
+		t.Errorf("session %+v", v)
+	}
 }

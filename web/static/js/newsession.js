@@ -7,6 +7,13 @@ import { ModelPicker, describeModel } from './models.js';
 
 const LIVE = new Set(['openrouter', 'openai-compatible']); // listed by asking the endpoint
 
+// The agents a session can run, as /api/platform names them.
+const AGENTS = {
+  builtin: { label: "ExeClaw's agent", hint: 'Runs on the server; its tools (bash, files) run in the sandbox. Any provider.' },
+  'claude-code': { label: 'Claude Code', hint: "Anthropic's Claude Code CLI, inside the VM. Your key stays on the server: the VM only gets a per-session token.", provider: 'anthropic' },
+  nullclaw: { label: 'nullclaw', hint: 'The nullclaw agent, inside the VM. Your key stays on the server: the VM only gets a per-session token.' },
+};
+
 export class NewSessionForm {
   // onCreated(view) opens the new session.
   constructor(onCreated) {
@@ -14,6 +21,7 @@ export class NewSessionForm {
     this.form = $('#new-form');
     this.name = $('#ns-name');
     this.provider = $('#ns-provider');
+    this.agent = $('#ns-agent');
     this.key = $('#ns-key');
     this.remember = $('#ns-remember');
     this.baseUrl = $('#ns-baseurl');
@@ -40,6 +48,7 @@ export class NewSessionForm {
     });
     $('#ns-model-refresh').addEventListener('click', () => this.loadModels(true));
     this.provider.addEventListener('change', () => this.providerChanged());
+    this.agent.addEventListener('change', () => this.agentChanged());
     this.key.addEventListener('input', () => { if (LIVE.has(this.provider.value)) this.refreshSoon(); });
     this.baseUrl.addEventListener('input', () => this.refreshSoon());
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.submit(); });
@@ -53,8 +62,24 @@ export class NewSessionForm {
     }
     const f = loadForm();
     if (f.provider && [...this.provider.options].some((o) => o.value === f.provider)) this.provider.value = f.provider;
+    // The agent picker shows only when there is a choice.
+    const agents = ((platform && platform.agents) || ['builtin']).filter((a) => AGENTS[a]);
+    this.agent.replaceChildren(...agents.map((a) => new Option(AGENTS[a].label, a)));
+    $('#ns-agent-field').hidden = agents.length < 2;
+    if (f.agent && agents.includes(f.agent)) this.agent.value = f.agent;
     this.name.value = randomName();
+    this.agentChanged(true);
     this.providerChanged(true);
+  }
+
+  // agentChanged explains the chosen agent and picks the provider it needs.
+  agentChanged(initial = false) {
+    const a = AGENTS[this.agent.value] || AGENTS.builtin;
+    $('#ns-agent-hint').textContent = a.hint;
+    if (a.provider && this.provider.value !== a.provider) {
+      this.provider.value = a.provider;
+      if (!initial) this.providerChanged();
+    }
   }
 
   // providerChanged fills in what belongs to the chosen provider.
@@ -125,6 +150,7 @@ export class NewSessionForm {
   request() {
     const p = this.provider.value;
     const req = { provider: p, apiKey: this.key.value.trim(), model: this.picker.value, name: this.name.value.trim() };
+    if (!$('#ns-agent-field').hidden) req.agent = this.agent.value;
     const base = this.baseUrl.value.trim();
     if (base) req.baseUrl = base;
     const sys = $('#ns-system').value;
@@ -147,6 +173,8 @@ export class NewSessionForm {
 
   check(req) {
     if (!req.name) return ['ns-name', 'Give the session a name.'];
+    const need = AGENTS[req.agent] && AGENTS[req.agent].provider;
+    if (need && req.provider !== need) return ['ns-provider', `${AGENTS[req.agent].label} speaks Anthropic's API: choose Anthropic as the provider.`];
     if (!req.apiKey && req.provider !== 'openai-compatible') return ['ns-key', 'Enter your API key for this provider.'];
     if (req.provider === 'openai-compatible' && !req.baseUrl) return ['ns-baseurl', 'Enter the base URL of the OpenAI-compatible endpoint.'];
     if (req.baseUrl && !/^https?:\/\/[^\s]+$/i.test(req.baseUrl)) return ['ns-baseurl', 'The base URL must start with http:// or https://.'];
@@ -175,6 +203,7 @@ export class NewSessionForm {
       rememberKey(req.provider, this.remember.checked ? req.apiKey : null);
       const f = loadForm();
       f.provider = req.provider;
+      if (req.agent) f.agent = req.agent;
       f.per = { ...(f.per || {}), [req.provider]: { model: req.model, baseUrl: req.baseUrl || '' } };
       saveForm(f);
       this.name.value = randomName();

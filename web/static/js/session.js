@@ -122,6 +122,9 @@ export class SessionView {
     } else if (v.sandbox) {
       badges.push(h('span', { class: 'badge ok', title: 'Sandbox' }, v.sandbox));
     }
+    if (v.agent && v.agent !== 'builtin') {
+      badges.push(h('span', { class: 'badge agent', title: 'The agent runs inside the sandbox' }, v.agent));
+    }
     if (v.network === 'none') badges.push(h('span', { class: 'badge', text: 'no network' }));
     this.badges.replaceChildren(...badges);
     const f = (this.app.platform && this.app.platform.features) || {};
