@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -150,10 +151,23 @@ func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.S
 		agentName = agent.KindBuiltin
 	}
 	if !slices.Contains(agents, agentName) {
-		return rec, set, llm.Secret{}, invalid("agent %q is not available; this server provides: %s", agentName, strings.Join(agents, ", "))
+		shown := agentName
+		if len(shown) > 32 || strings.ContainsFunc(shown, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+			shown = "given"
+		} else {
+			shown = strconv.Quote(shown)
+		}
+		return rec, set, llm.Secret{}, invalid("agent %s is not available; this server provides: %s", shown, strings.Join(agents, ", "))
 	}
-	if agentName == agent.KindClaudeCode && r.Provider != llm.Anthropic {
-		return rec, set, llm.Secret{}, invalid("claude-code speaks Anthropic's API: use provider anthropic")
+	if agentName == agent.KindClaudeCode {
+		if r.Provider != llm.Anthropic {
+			return rec, set, llm.Secret{}, invalid("claude-code speaks Anthropic's API: use provider anthropic")
+		}
+		// Its CLI has no way to be told these; accepting them would ignore
+		// them without a word.
+		if r.Temperature != nil || r.MaxTokens != nil || r.Thinking != nil {
+			return rec, set, llm.Secret{}, invalid("claude-code chooses its own temperature, max tokens and thinking: leave them unset")
+		}
 	}
 	network := r.Network
 	if network == "" {

@@ -97,9 +97,12 @@ func TestFormAgentPicker(t *testing.T) {
 		p.eval0(`document.querySelector(` + jsStr(sel) + `).dispatchEvent(new Event('change'))`)
 	}
 	choose("#ns-provider", "openai")
+	p.setValue("#ns-temp", "0.5") // which the server would refuse for Claude Code
 	choose("#ns-agent", "claude-code")
 	p.waitFor("the Anthropic provider", `document.querySelector('#ns-provider').value === 'anthropic'`)
 	p.waitText("#ns-agent-hint", "per-session token")
+	// What Claude Code chooses itself cannot be set, and is not sent.
+	p.waitFor("sampling options disabled", `['#ns-temp', '#ns-maxtokens', '#ns-thinking'].every((s) => document.querySelector(s).disabled)`)
 
 	choose("#ns-provider", "openai")
 	p.typeInto("#ns-key", "sk-openai-key-0123456789")

@@ -10,7 +10,7 @@ const LIVE = new Set(['openrouter', 'openai-compatible']); // listed by asking t
 // The agents a session can run, as /api/platform names them.
 const AGENTS = {
   builtin: { label: "ExeClaw's agent", hint: 'Runs on the server; its tools (bash, files) run in the sandbox. Any provider.' },
-  'claude-code': { label: 'Claude Code', hint: "Anthropic's Claude Code CLI, inside the VM. Your key stays on the server: the VM only gets a per-session token.", provider: 'anthropic' },
+  'claude-code': { label: 'Claude Code', hint: "Anthropic's Claude Code CLI, inside the VM. Your key stays on the server: the VM only gets a per-session token.", provider: 'anthropic', ownSampling: true },
   nullclaw: { label: 'nullclaw', hint: 'The nullclaw agent, inside the VM. Your key stays on the server: the VM only gets a per-session token.' },
 };
 
@@ -76,6 +76,11 @@ export class NewSessionForm {
   agentChanged(initial = false) {
     const a = AGENTS[this.agent.value] || AGENTS.builtin;
     $('#ns-agent-hint').textContent = a.hint;
+    // Claude Code picks its own; the server refuses them for it.
+    for (const sel of ['#ns-temp', '#ns-maxtokens', '#ns-thinking']) {
+      $(sel).disabled = Boolean(a.ownSampling);
+      $(sel).title = a.ownSampling ? `${a.label} chooses this itself` : '';
+    }
     if (a.provider && this.provider.value !== a.provider) {
       this.provider.value = a.provider;
       if (!initial) this.providerChanged();
@@ -156,7 +161,7 @@ export class NewSessionForm {
     const sys = $('#ns-system').value;
     if (sys.trim()) req.systemPrompt = sys;
     const num = (sel, int) => {
-      const raw = $(sel).value.trim();
+      const raw = $(sel).disabled ? '' : $(sel).value.trim();
       if (raw === '') return undefined;
       const n = int ? parseInt(raw, 10) : parseFloat(raw);
       return Number.isFinite(n) ? n : NaN;
@@ -166,7 +171,7 @@ export class NewSessionForm {
     if (maxTokens !== undefined) req.maxTokens = maxTokens;
     if (idle !== undefined) req.idleTimeoutMin = idle;
     req.network = $('#ns-network').value;
-    const thinking = $('#ns-thinking').value;
+    const thinking = $('#ns-thinking').disabled ? '' : $('#ns-thinking').value;
     if (thinking) req.thinking = thinking === 'on';
     return req;
   }
