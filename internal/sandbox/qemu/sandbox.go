@@ -94,7 +94,8 @@ func (s *Sandbox) logTail() string {
 	return strings.Join(parts, "; ")
 }
 
-// waitSocket waits for QEMU to create the control socket.
+// waitSocket waits for QEMU to create the control socket. The file exists
+// from QEMU's bind, a moment before its listen: waitGuest allows for that.
 func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
 	path := s.socks.Path(ctlSockName)
 	deadline := time.NewTimer(30 * time.Second)
@@ -133,8 +134,20 @@ func (s *Sandbox) waitGuest(ctx context.Context, timeout time.Duration) (guest.H
 	}
 	res := make(chan result, 1)
 	go func() {
-		h, err := s.client.Health(ctx)
-		res <- result{h, err}
+		for {
+			h, err := s.client.Health(ctx)
+			// QEMU creates the socket file (bind) a moment before it
+			// listens, and a dial in between is refused: try again.
+			if err != nil && errors.Is(err, syscall.ECONNREFUSED) && ctx.Err() == nil {
+				select {
+				case <-time.After(10 * time.Millisecond):
+					continue
+				case <-ctx.Done():
+				}
+			}
+			res <- result{h, err}
+			return
+		}
 	}()
 	select {
 	case r := <-res:
