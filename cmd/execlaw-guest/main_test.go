@@ -44,7 +44,7 @@ func TestRunServesUntilShutdown(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "g.sock")
 	ws := filepath.Join(dir, "new", "ws")
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(context.Background(), []string{"--listen", "unix:" + sock, "--workspace", ws}, noenv, &stderr)
@@ -98,7 +98,7 @@ func TestSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "g.sock")
 	cmd := exec.Command(bin, "--listen", "unix:"+sock, "--workspace", dir)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,30 +20,13 @@ import (
 	"github.com/execlaw/execlaw/internal/mail"
 	"github.com/execlaw/execlaw/internal/mail/mailtest"
 	"github.com/execlaw/execlaw/internal/session"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 const (
 	testAPIKey   = "sk-ant-test-key" // what apitest's AnthropicSession sends
 	smtpPassword = "smtp-pa55word-xyz"
 )
-
-// syncBuffer collects the server's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func smtpSender(t *testing.T, addr, tlsMode string, roots *tls.Config) mail.Sender {
 	t.Helper()
@@ -89,7 +71,7 @@ func conversation(t *testing.T, h *apitest.Harness, more ...llmtest.Turn) sessio
 
 func TestEmailTranscriptOverSMTP(t *testing.T) {
 	srv := mailtest.Start(t, mailtest.Options{TLS: "starttls", User: "mailer", Password: smtpPassword})
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := apitest.New(t, apitest.Options{
 		Email: api.EmailOptions{Sender: smtpSender(t, srv.Addr, "starttls", &tls.Config{RootCAs: srv.RootCAs}), Allow: allow(t, "team@example.com, @example.org")},
 		Log:   &logs,
@@ -354,7 +336,7 @@ func TestEmailOnIdle(t *testing.T) {
 // The idle hook failing (mail server down) is logged, and the session still
 // ends normally.
 func TestEmailOnIdleServerDown(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := apitest.New(t, apitest.Options{
 		Email: api.EmailOptions{Sender: smtpSender(t, mailtest.DeadAddr(t), "none", nil), Allow: allow(t, "owner@example.com")},
 		Log:   &logs, HookTimeout: 10 * time.Second,

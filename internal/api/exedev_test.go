@@ -14,6 +14,7 @@ import (
 
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/apitest"
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 const exeToken = "exe0.eyJjbWRzIjpbIm5ldyJdfQ.c2lnbmF0dXJl-_x"
@@ -94,7 +95,7 @@ func exeDevHarness(t *testing.T, f *fakeExeDev, opts apitest.Options) *apitest.H
 func TestExeDevNewRequest(t *testing.T) {
 	f := newFakeExeDev(t)
 	f.reply(200, `{"vm_name":"my-vm","ssh_dest":"my-vm.exe.xyz","https_url":"https://my-vm.exe.xyz"}`)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := exeDevHarness(t, f, apitest.Options{Log: &logs})
 
 	var platform struct {

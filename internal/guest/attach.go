@@ -44,21 +44,10 @@ func (s *Server) handleAttach(w http.ResponseWriter, r *http.Request) {
 			Message: "attach needs Connection: Upgrade and Upgrade: " + UpgradeAttach})
 		return
 	}
-	var req ExecRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	cmd, err := s.prepare(req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
 	// Start before switching protocols, so that a command that cannot run is
 	// an ordinary HTTP error the client can report.
-	p, err := s.spawn(cmd, true)
-	if err != nil {
-		writeError(w, err)
+	req, p, ok := s.startRequested(w, r, true)
+	if !ok {
 		return
 	}
 	conn, err := switchProtocols(w, UpgradeAttach)

@@ -22,19 +22,8 @@ import (
 const drainDelay = 500 * time.Millisecond
 
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
-	var req ExecRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	cmd, err := s.prepare(req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	p, err := s.spawn(cmd, false)
-	if err != nil {
-		writeError(w, err)
+	req, p, ok := s.startRequested(w, r, false)
+	if !ok {
 		return
 	}
 	s.log.Info("exec", "cmd", filepath.Base(req.Argv[0]), "args", len(req.Argv)-1, "pid", p.pgid, "timeoutSec", req.TimeoutSec)
@@ -67,6 +56,28 @@ type proc struct {
 	inW        *os.File      // the command's stdin, when spawned with one (attach)
 	exited     chan struct{} // closed once cmd.Wait has returned
 	waitErr    error         // cmd.Wait's error, valid once exited is closed
+}
+
+// startRequested decodes the ExecRequest in r's body and starts it (with a
+// stdin pipe when stdin is set). When it cannot, it answers the HTTP error
+// itself and reports false.
+func (s *Server) startRequested(w http.ResponseWriter, r *http.Request, stdin bool) (ExecRequest, *proc, bool) {
+	var req ExecRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return req, nil, false
+	}
+	cmd, err := s.prepare(req)
+	if err != nil {
+		writeError(w, err)
+		return req, nil, false
+	}
+	p, err := s.spawn(cmd, stdin)
+	if err != nil {
+		writeError(w, err)
+		return req, nil, false
+	}
+	return req, p, true
 }
 
 // spawn starts cmd with its stdout and stderr on pipes, and with a stdin pipe
