@@ -242,16 +242,26 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 	return nil
 }
 
+// encodeRequest is a request body as JSON, refused when the guest would
+// refuse it for its size.
+func encodeRequest(path string, in any) ([]byte, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("guest %s: %w", path, err)
+	}
+	if len(b) > MaxRequestBytes {
+		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+			Message: fmt.Sprintf("%s: request of %d bytes exceeds %d", path, len(b), MaxRequestBytes)}
+	}
+	return b, nil
+}
+
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
-		b, err := json.Marshal(in)
+		b, err := encodeRequest(path, in)
 		if err != nil {
-			return nil, fmt.Errorf("guest %s: %w", path, err)
-		}
-		if len(b) > MaxRequestBytes {
-			return nil, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
-				Message: fmt.Sprintf("%s: request of %d bytes exceeds %d", path, len(b), MaxRequestBytes)}
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}

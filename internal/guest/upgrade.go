@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -62,13 +61,9 @@ func switchProtocols(w http.ResponseWriter, proto string) (net.Conn, error) {
 // guest switched. ctx and limit bound the handshake only. A 204 answer is
 // errNoContent; other answers are the guest's *Error.
 func (c *Client) upgrade(ctx context.Context, path, proto string, in any, limit time.Duration) (net.Conn, error) {
-	body, err := json.Marshal(in)
+	body, err := encodeRequest(path, in)
 	if err != nil {
-		return nil, fmt.Errorf("guest %s: %w", path, err)
-	}
-	if len(body) > MaxRequestBytes {
-		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
-			Message: fmt.Sprintf("%s: request of %d bytes exceeds %d", path, len(body), MaxRequestBytes)}
+		return nil, err
 	}
 	conn, err := c.dial(ctx)
 	if err != nil {
