@@ -37,8 +37,9 @@ apt_install() {
 packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs)
 # The race detector in `go test -race` needs cgo, so a C compiler; the
 # browser tests drive Debian's Chromium; the packaging tests run
-# systemd-analyze verify on the unit and shellcheck on install.sh.
-[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium systemd shellcheck)
+# systemd-analyze verify on the unit and shellcheck on install.sh; the guest
+# image's byte-level tests compare with xz (xz-utils) and GNU cpio.
+[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium systemd shellcheck xz-utils cpio)
 apt_install "${packages[@]}"
 
 # npm puts Claude Code into a guest image (execlaw image build --agents

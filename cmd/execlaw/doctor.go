@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/execlaw/execlaw/internal/network"
 	"github.com/execlaw/execlaw/internal/sandbox/detect"
@@ -34,7 +35,7 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	_, report, err := detect.Choose(ctx, detect.Options{
+	driver, report, err := detect.Choose(ctx, detect.Options{
 		Requested: *sandbox, DataDir: dir, ImageName: *img, Getenv: getenv, SkipProbe: *quick,
 		Network: vm.NewHostNetwork(network.Config{}),
 	})
@@ -58,5 +59,8 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	fmt.Fprintf(stdout, "\nSandbox driver: %s\nWhy: %s\n", report.Driver, report.Reason)
+	if agents, err := offeredAgents(driver.Isolated(), report); err == nil {
+		fmt.Fprintf(stdout, "Agents: %s\n", strings.Join(agents.Names(), ", "))
+	}
 	return nil
 }

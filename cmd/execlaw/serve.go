@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/api"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/mail"
 	"github.com/execlaw/execlaw/internal/metrics"
@@ -286,9 +287,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Info("transcripts can be e-mailed", "via", sender.String(), "allowed", allow.String())
 	}
 
+	agents, err := offeredAgents(driver.Isolated(), report)
+	if err != nil {
+		return err
+	}
+	log.Info("agents offered", "agents", agents.Names())
+
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
-		Agents:  report.Agents,
+		Agents:  agents,
 		DataDir: dataDir, MaxSessions: cfg.MaxSessions, MemoryLimitPercent: cfg.MemoryPercent,
 		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met,
 	}, st, driver, log)
@@ -394,8 +401,8 @@ func loadOrCreateToken(path string) (string, error) {
 
 // firecrackerDriver builds the firecracker driver once detection has found
 // its binary and a KVM that runs guests.
-func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider) func(string, vm.Image) (sandbox.Driver, error) {
-	return func(bin string, img vm.Image) (sandbox.Driver, error) {
+func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider) func(string, image.Boot) (sandbox.Driver, error) {
+	return func(bin string, img image.Boot) (sandbox.Driver, error) {
 		return firecracker.New(firecracker.Config{Binary: bin, Image: img, Logger: log, Network: net})
 	}
 }

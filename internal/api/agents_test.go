@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/builtin"
+	"github.com/execlaw/execlaw/internal/agent/claudecode"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 )
@@ -46,9 +49,23 @@ func TestAgentChoice(t *testing.T) {
 		t.Errorf("default session agent %q", v.Agent)
 	}
 
-	h := apitest.New(t, apitest.Options{Agents: []string{"builtin", "claude-code"}})
+	h := apitest.New(t, apitest.Options{Agents: []agent.Kind{builtin.Kind, claudecode.Kind}})
 	if got := platformAgents(h); !slices.Equal(got, []string{"builtin", "claude-code"}) {
 		t.Errorf("agents %q", got)
+	}
+	// The UI builds its picker from the same descriptors the server checks
+	// requests against.
+	var kinds struct {
+		AgentKinds []struct {
+			Name, Label, Image string
+			Providers, Refuses []string
+		}
+	}
+	h.Must(http.StatusOK, "GET", "/api/platform", nil).JSON(t, &kinds)
+	if k := kinds.AgentKinds; len(k) != 2 || k[0].Name != "builtin" || k[0].Image != "" || len(k[0].Providers) != 0 ||
+		k[1].Name != "claude-code" || k[1].Label != "Claude Code" || k[1].Image != "claude-code" ||
+		!slices.Equal(k[1].Providers, []string{"anthropic"}) || !slices.Equal(k[1].Refuses, []string{"temperature", "maxTokens", "thinking"}) {
+		t.Errorf("agentKinds %+v", k)
 	}
 	refused(h, base(map[string]any{"agent": "nullclaw"}), `agent "nullclaw" is not available; this server provides: builtin, claude-code`)
 	refused(h, map[string]any{"provider": "openai", "apiKey": "sk-test", "model": "gpt-4o", "agent": "claude-code"}, "use provider anthropic")

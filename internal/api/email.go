@@ -41,7 +41,7 @@ func (s *Server) handleEmail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	msg, err := s.transcriptMail(r.Context(), view, to)
+	msg, err := s.transcriptMail(r.Context(), user, view, to)
 	if err != nil {
 		return err
 	}
@@ -106,8 +106,8 @@ func (s *Server) idleRecipient(user session.User) string {
 
 // transcriptMail composes the mail of a session's transcript: Markdown as
 // the text part, the same rendered as safe HTML as the alternative.
-func (s *Server) transcriptMail(ctx context.Context, view session.View, to string) (mail.Message, error) {
-	h, events, err := s.transcriptOf(ctx, view)
+func (s *Server) transcriptMail(ctx context.Context, user session.User, view session.View, to string) (mail.Message, error) {
+	h, events, err := s.transcriptOf(ctx, user, view)
 	if err != nil {
 		return mail.Message{}, err
 	}
@@ -128,8 +128,8 @@ func (s *Server) transcriptMail(ctx context.Context, view session.View, to strin
 // mailIdleTranscript is the session manager's idle hook: it mails the
 // transcript of a session the reaper ended to its owner. Failures are
 // logged; the session and its transcript are already final.
-func (s *Server) mailIdleTranscript(ctx context.Context, v session.View, to string) {
-	msg, err := s.transcriptMail(ctx, v, to)
+func (s *Server) mailIdleTranscript(ctx context.Context, owner session.User, v session.View, to string) {
+	msg, err := s.transcriptMail(ctx, owner, v, to)
 	if err == nil {
 		msg.Automatic = true
 		msg.Subject = fmt.Sprintf("ExeClaw transcript: %s (ended after %d idle minutes)", v.Name, v.IdleTimeoutMin)

@@ -70,7 +70,7 @@ func (s *Server) handleExeDevNew(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		h, events, err := s.transcriptOf(r.Context(), view)
+		h, events, err := s.transcriptOf(r.Context(), userFrom(r.Context()), view)
 		if err != nil {
 			return err
 		}

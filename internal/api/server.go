@@ -1,4 +1,4 @@
-// Package api is ExeClaw's HTTP interface: the JSON API of DESIGN.md section 4,
+// Package api is ExeClaw's HTTP interface: the JSON API of docs/api.md,
 // its Server-Sent Events stream, authentication, and the embedded web UI.
 package api
 

@@ -70,7 +70,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 
 	last := after
 	for last < upTo {
-		page, err := s.sessions.Events(r.Context(), id, last, replayPage)
+		page, err := s.sessions.Events(r.Context(), userFrom(r.Context()), id, last, replayPage)
 		if err != nil {
 			s.log.Error("replay events", "session", id, "err", err)
 			return nil // headers are sent; the client reconnects

@@ -54,6 +54,7 @@ func (s *Server) handleSystem(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
+	agents := s.sessions.Agents()
 	writeJSON(w, http.StatusOK, map[string]any{
 		"isExeDev":      s.platform.IsExeDev,
 		"sandbox":       s.platform.Sandbox,
@@ -62,7 +63,8 @@ func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
 		"sandboxChecks": s.platform.SandboxChecks,
 		"version":       s.platform.Version,
 		"auth":          s.auth.Mode,
-		"agents":        s.sessions.Agents(),
+		"agents":        agents.Names(),
+		"agentKinds":    agents.Kinds(),
 		"providers":     llm.Providers,
 		"features":      map[string]bool{"email": s.email.Sender != nil, "exedevNew": s.exedev.Enabled},
 	})

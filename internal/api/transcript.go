@@ -38,7 +38,7 @@ func (s *Server) handleTranscript(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	events, err := s.sessions.Events(r.Context(), id, 0, 0)
+	events, err := s.sessions.Events(r.Context(), userFrom(r.Context()), id, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -67,10 +67,9 @@ func transcriptHeader(view session.View) transcript.Header {
 	}
 }
 
-// transcriptOf reads what a transcript of the session is made of; the caller
-// has checked the session is the user's.
-func (s *Server) transcriptOf(ctx context.Context, view session.View) (transcript.Header, []store.Event, error) {
-	events, err := s.sessions.Events(ctx, view.ID, 0, 0)
+// transcriptOf reads what a transcript of one of user's sessions is made of.
+func (s *Server) transcriptOf(ctx context.Context, user session.User, view session.View) (transcript.Header, []store.Event, error) {
+	events, err := s.sessions.Events(ctx, user, view.ID, 0, 0)
 	if err != nil {
 		return transcript.Header{}, nil, err
 	}

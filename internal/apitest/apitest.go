@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
@@ -46,8 +48,9 @@ type Options struct {
 	Platform    api.Platform
 	// Driver replaces the default process driver (built from the test guest binary).
 	Driver sandbox.Driver
-	// Agents sessions may use (default: builtin).
-	Agents []string
+	// Agents are the kinds of agent sessions may use, the default first
+	// (default: the built-in agent alone).
+	Agents []agent.Kind
 	// Email and ExeDev configure mailing transcripts and creating exe.dev VMs.
 	Email  api.EmailOptions
 	ExeDev api.ExeDevOptions
@@ -112,9 +115,17 @@ func (h *Harness) Start() {
 			t.Fatal(err)
 		}
 	}
+	kinds := h.Opts.Agents
+	if len(kinds) == 0 {
+		kinds = []agent.Kind{builtin.Kind}
+	}
+	agents, err := agent.NewRegistry(kinds...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
-		Agents:  h.Opts.Agents,
+		Agents:  agents,
 		DataDir: h.DataDir, MaxSessions: h.Opts.MaxSessions, MemoryLimitPercent: h.Opts.MemPercent,
 		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second,
 		Observer: met, HookTimeout: h.Opts.HookTimeout,

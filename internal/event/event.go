@@ -1,5 +1,5 @@
 // Package event names the events of a session's stream and the shapes of their
-// data, exactly as the API contract (DESIGN.md section 4) writes them. The agent
+// data, exactly as the API contract (docs/api.md) writes them. The agent
 // produces them, the session manager stores and fans them out, the API streams
 // them and renders transcripts from them.
 package event

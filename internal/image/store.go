@@ -18,9 +18,34 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
+
+// Boot is what a VM boots: the files of one built guest image. All paths are read-only and shared by
+// every VM.
+type Boot struct {
+	Kernel        string // compressed bzImage (QEMU)
+	KernelELF     string // uncompressed vmlinux ELF (Firecracker)
+	Initramfs     string // execlaw-guest as /init plus the modules it loads
+	Rootfs        string // the read-only base root filesystem (ext4)
+	KernelVersion string
+}
+
+// Check reports the first image file that is missing.
+func (im Boot) Check(needELF bool) error {
+	files := map[string]string{"kernel": im.Kernel, "initramfs": im.Initramfs, "rootfs": im.Rootfs}
+	if needELF {
+		files["vmlinux"] = im.KernelELF
+	}
+	for what, p := range files {
+		if p == "" {
+			return fmt.Errorf("the guest image has no %s; run `execlaw image build`", what)
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("guest image %s: %w; run `execlaw image build`", what, err)
+		}
+	}
+	return nil
+}
 
 // Blob is a file in the store, named by its content.
 type Blob struct {
@@ -55,14 +80,14 @@ type Manifest struct {
 	Agents []string `json:"agents,omitempty"`
 }
 
-// HasAgent reports whether the image carries an agent CLI.
-func (m Manifest) HasAgent(name string) bool {
+// AgentNames lists the agent CLIs the image carries, without versions.
+func (m Manifest) AgentNames() []string {
+	names := make([]string, 0, len(m.Agents))
 	for _, a := range m.Agents {
-		if a == name || strings.HasPrefix(a, name+"=") {
-			return true
-		}
+		name, _, _ := strings.Cut(a, "=")
+		names = append(names, name)
 	}
-	return false
+	return names
 }
 
 // Components lists the manifest's parts by name.
@@ -257,17 +282,17 @@ func (s *Store) present(c Component) bool {
 }
 
 // VMImage returns the paths a VM driver boots for image name.
-func (s *Store) VMImage(name string) (vm.Image, Manifest, error) {
+func (s *Store) VMImage(name string) (Boot, Manifest, error) {
 	m, err := s.Load(name)
 	if err != nil {
-		return vm.Image{}, Manifest{}, err
+		return Boot{}, Manifest{}, err
 	}
 	for n, c := range m.Components() {
 		if !s.present(c) {
-			return vm.Image{}, m, fmt.Errorf("image %q: %s file is missing; run `execlaw image build`", name, n)
+			return Boot{}, m, fmt.Errorf("image %q: %s file is missing; run `execlaw image build`", name, n)
 		}
 	}
-	return vm.Image{
+	return Boot{
 		Kernel: s.Path(m.Kernel.Blob), KernelELF: s.Path(m.Vmlinux.Blob),
 		Initramfs: s.Path(m.Initramfs.Blob), Rootfs: s.Path(m.Rootfs.Blob),
 		KernelVersion: m.Kernel.Version,

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent"
-	"github.com/execlaw/execlaw/internal/agent/claudecode"
-	"github.com/execlaw/execlaw/internal/agent/nullclaw"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/hostinfo"
 	"github.com/execlaw/execlaw/internal/llm"
@@ -51,9 +49,9 @@ type Config struct {
 	ReapInterval time.Duration
 	// StopTimeout bounds how long stopping one sandbox may take (default 30s).
 	StopTimeout time.Duration
-	// Agents are the agents sessions may ask for: builtin, and the agent
-	// CLIs the guest image carries. Empty means builtin only.
-	Agents []string
+	// Agents are the kinds of agent sessions may ask for, the default
+	// first: the server offers those its sandboxes can run. Required.
+	Agents *agent.Registry
 	// MaxSteps and LLMRetries tune the built-in agent.
 	MaxSteps   int
 	LLMRetries int
@@ -78,9 +76,10 @@ type Observer interface {
 }
 
 // IdleHook runs after the idle reaper has ended a session whose owner asked
-// for its transcript (emailOnIdle), with the session as it ended and the
-// address to send it to. It runs in its own goroutine, under a deadline.
-type IdleHook func(ctx context.Context, v View, to string)
+// for its transcript (emailOnIdle), with the owner, the session as it ended
+// and the address to send it to. It runs in its own goroutine, under a
+// deadline.
+type IdleHook func(ctx context.Context, owner User, v View, to string)
 
 // States lists every state a session can be in, in lifecycle order.
 var States = []string{StateCreating, StateBooting, StateActive, StateBusy, StateStopping, StateStopped, StateError}
@@ -112,6 +111,9 @@ type Manager struct {
 
 // NewManager makes a manager. Call Recover before serving and Close at the end.
 func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Logger) *Manager {
+	if cfg.Agents == nil {
+		panic("session.NewManager: Config.Agents is required")
+	}
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 10
 	}
@@ -263,7 +265,7 @@ func (m *Manager) afterIdle(s *Session) {
 		m.log.Error("idle hook: read session", "session", s.id, "err", err)
 		return
 	}
-	hook(ctx, viewOf(rec, last, time.Now()), s.settings.EmailTo)
+	hook(ctx, User{ID: rec.UserID}, viewOf(rec, last, time.Now()), s.settings.EmailTo)
 }
 
 // StateCounts counts every session by state: the running ones as they are
@@ -326,11 +328,12 @@ func (m *Manager) Close(ctx context.Context) {
 // Create starts a new session for user. The sandbox boots in the background;
 // the returned view is in state creating.
 func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (View, error) {
-	rec, set, key, err := req.validate(m.Agents())
+	c, err := req.validate(m.cfg.Agents)
 	if err != nil {
 		return View{}, err
 	}
-	ag, err := m.newAgent(ctx, rec, set, key)
+	rec, set := c.rec, c.set
+	ag, err := m.newAgent(ctx, c.kind, rec, set, c.key)
 	if err != nil {
 		return View{}, invalid("%v", err)
 	}
@@ -343,7 +346,10 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	rec.Isolated = m.driver.Isolated()
 	rec.CreatedAt, rec.LastActivity = now, now
 
-	s := newSession(m, rec, set, ag)
+	s := newSession(deps{
+		store: m.store, driver: m.driver, log: m.log, observer: m.cfg.Observer,
+		stopTimeout: m.cfg.StopTimeout, dir: m.sandboxDir(rec.ID), ended: m.forget,
+	}, rec, set, ag)
 	if err := m.admit(s); err != nil {
 		return View{}, err
 	}
@@ -536,15 +542,12 @@ func (m *Manager) Rename(ctx context.Context, user User, id, name string) (View,
 	return m.View(ctx, user, id)
 }
 
-// Events returns stored events of a session after seq.
-func (m *Manager) Events(ctx context.Context, id string, after int64, limit int) ([]store.Event, error) {
+// Events returns stored events of one of user's sessions after seq.
+func (m *Manager) Events(ctx context.Context, user User, id string, after int64, limit int) ([]store.Event, error) {
+	if _, _, err := m.Get(ctx, user, id); err != nil {
+		return nil, err
+	}
 	return m.store.Events(ctx, id, after, limit)
-}
-
-// Record returns a session's stored record without an ownership check; callers
-// must have called Get first.
-func (m *Manager) Record(ctx context.Context, id string) (store.Session, error) {
-	return m.store.GetSession(ctx, id)
 }
 
 func newSessionID() string {
@@ -553,30 +556,15 @@ func newSessionID() string {
 	return "s_" + hex.EncodeToString(b[:])
 }
 
-// Agents lists the agents sessions may ask for.
-func (m *Manager) Agents() []string {
-	if len(m.cfg.Agents) == 0 {
-		return []string{agent.KindBuiltin}
-	}
-	return m.cfg.Agents
-}
+// Agents are the kinds of agent sessions may ask for.
+func (m *Manager) Agents() *agent.Registry { return m.cfg.Agents }
 
 // newAgent builds the agent a session asked for.
-func (m *Manager) newAgent(ctx context.Context, rec store.Session, set settings, key llm.Secret) (agent.Agent, error) {
-	lc := llm.Config{Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient}
-	switch rec.Agent {
-	case agent.KindClaudeCode:
-		return claudecode.New(claudecode.Config{LLM: lc, SystemPrompt: set.SystemPrompt, Logger: m.log})
-	case agent.KindNullclaw:
-		var maxTokens int
-		if set.MaxTokens != nil {
-			maxTokens = int(*set.MaxTokens)
-		}
-		return nullclaw.NewAgent(nullclaw.AgentConfig{LLM: lc, SystemPrompt: set.SystemPrompt,
-			Temperature: set.Temperature, MaxTokens: maxTokens, Logger: m.log})
-	}
-	return agent.New(ctx, agent.Config{
-		LLM: lc, SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
-		MaxSteps: m.cfg.MaxSteps, ThinkingBudget: set.ThinkingBudget, MaxRetries: m.cfg.LLMRetries,
-	}, nil)
+func (m *Manager) newAgent(ctx context.Context, kind agent.Kind, rec store.Session, set settings, key llm.Secret) (agent.Agent, error) {
+	return kind.New(ctx, agent.Settings{
+		LLM:          llm.Config{Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient},
+		SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
+		ThinkingBudget: set.ThinkingBudget, MaxSteps: m.cfg.MaxSteps, MaxRetries: m.cfg.LLMRetries,
+		Logger: m.log,
+	})
 }

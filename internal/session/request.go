@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,25 +83,31 @@ func invalid(format string, args ...any) error {
 	return &ValidationError{msg: fmt.Sprintf(format, args...)}
 }
 
-// validate checks a request and fills in defaults. It returns the record to
-// store (without id, user or times) and the key.
-func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.Secret, error) {
-	var rec store.Session
-	var set settings
+// checked is a valid request: the record to store (without id, user or
+// times), the settings kept with it, the kind of agent and the key.
+type checked struct {
+	rec  store.Session
+	set  settings
+	kind agent.Kind
+	key  llm.Secret
+}
+
+// validate checks a request and fills in defaults.
+func (r CreateRequest) validate(agents *agent.Registry) (checked, error) {
 	if !llm.ValidProvider(r.Provider) {
-		return rec, set, llm.Secret{}, invalid("provider must be one of %s", strings.Join(llm.Providers, ", "))
+		return checked{}, invalid("provider must be one of %s", strings.Join(llm.Providers, ", "))
 	}
 	key := strings.TrimSpace(r.APIKey)
 	switch {
 	case key == "" && r.Provider != llm.OpenAICompatible:
-		return rec, set, llm.Secret{}, invalid("apiKey is required for %s", r.Provider)
+		return checked{}, invalid("apiKey is required for %s", r.Provider)
 	case len(key) > MaxAPIKeyLen || strings.ContainsFunc(key, unicode.IsControl):
-		return rec, set, llm.Secret{}, invalid("apiKey is not a valid key")
+		return checked{}, invalid("apiKey is not a valid key")
 	}
 	model := strings.TrimSpace(r.Model)
 	if model == "" {
 		if r.Provider == llm.OpenAICompatible {
-			return rec, set, llm.Secret{}, invalid("model is required for openai-compatible")
+			return checked{}, invalid("model is required for openai-compatible")
 		}
 		for _, m := range llm.CatalogueModels(r.Provider) {
 			if m.Default {
@@ -110,84 +115,87 @@ func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.S
 			}
 		}
 		if model == "" {
-			return rec, set, llm.Secret{}, invalid("model is required")
+			return checked{}, invalid("model is required")
 		}
 	}
 	if len(model) > 256 || strings.ContainsFunc(model, unicode.IsControl) {
-		return rec, set, llm.Secret{}, invalid("model is not a valid model id")
+		return checked{}, invalid("model is not a valid model id")
 	}
 	if r.BaseURL != "" {
 		if err := llm.ValidateBaseURL(r.BaseURL); err != nil {
-			return rec, set, llm.Secret{}, invalid("%v", err)
+			return checked{}, invalid("%v", err)
 		}
 	} else if r.Provider == llm.OpenAICompatible {
-		return rec, set, llm.Secret{}, invalid("baseUrl is required for openai-compatible (for example http://localhost:11434/v1)")
+		return checked{}, invalid("baseUrl is required for openai-compatible (for example http://localhost:11434/v1)")
 	}
 	name := strings.TrimSpace(r.Name)
 	if name == "" {
 		name = randomName()
 	}
 	if err := validateName(name); err != nil {
-		return rec, set, llm.Secret{}, err
+		return checked{}, err
 	}
 	if len(r.SystemPrompt) > MaxSystemPromptLen || !utf8.ValidString(r.SystemPrompt) {
-		return rec, set, llm.Secret{}, invalid("systemPrompt must be valid UTF-8 of at most %d bytes", MaxSystemPromptLen)
+		return checked{}, invalid("systemPrompt must be valid UTF-8 of at most %d bytes", MaxSystemPromptLen)
 	}
 	if t := r.Temperature; t != nil && (*t < 0 || *t > 2) {
-		return rec, set, llm.Secret{}, invalid("temperature must be between 0 and 2")
+		return checked{}, invalid("temperature must be between 0 and 2")
 	}
 	if mt := r.MaxTokens; mt != nil && (*mt < 1 || *mt > 1_000_000) {
-		return rec, set, llm.Secret{}, invalid("maxTokens must be between 1 and 1000000")
+		return checked{}, invalid("maxTokens must be between 1 and 1000000")
 	}
 	idle := DefaultIdleTimeoutMin
 	if r.IdleTimeoutMin != nil {
 		idle = *r.IdleTimeoutMin
 		if idle < MinIdleTimeoutMin || idle > MaxIdleTimeoutMin {
-			return rec, set, llm.Secret{}, invalid("idleTimeoutMin must be between %d and %d", MinIdleTimeoutMin, MaxIdleTimeoutMin)
+			return checked{}, invalid("idleTimeoutMin must be between %d and %d", MinIdleTimeoutMin, MaxIdleTimeoutMin)
 		}
 	}
-	agentName := r.Agent
-	if agentName == "" {
-		agentName = agent.KindBuiltin
+	kind := agents.Default()
+	if r.Agent != "" {
+		var ok bool
+		if kind, ok = agents.Lookup(r.Agent); !ok {
+			shown := r.Agent
+			if len(shown) > 32 || strings.ContainsFunc(shown, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+				shown = "given"
+			} else {
+				shown = strconv.Quote(shown)
+			}
+			return checked{}, invalid("agent %s is not available; this server provides: %s", shown, strings.Join(agents.Names(), ", "))
+		}
 	}
-	if !slices.Contains(agents, agentName) {
-		shown := agentName
-		if len(shown) > 32 || strings.ContainsFunc(shown, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
-			shown = "given"
-		} else {
-			shown = strconv.Quote(shown)
-		}
-		return rec, set, llm.Secret{}, invalid("agent %s is not available; this server provides: %s", shown, strings.Join(agents, ", "))
+	var given []string // the settings this request makes, for agents that cannot honour some
+	if r.Temperature != nil {
+		given = append(given, agent.SettingTemperature)
 	}
-	if agentName == agent.KindClaudeCode {
-		if r.Provider != llm.Anthropic {
-			return rec, set, llm.Secret{}, invalid("claude-code speaks Anthropic's API: use provider anthropic")
-		}
-		// Its CLI has no way to be told these; accepting them would ignore
-		// them without a word.
-		if r.Temperature != nil || r.MaxTokens != nil || r.Thinking != nil {
-			return rec, set, llm.Secret{}, invalid("claude-code chooses its own temperature, max tokens and thinking: leave them unset")
-		}
+	if r.MaxTokens != nil {
+		given = append(given, agent.SettingMaxTokens)
+	}
+	if r.Thinking != nil {
+		given = append(given, agent.SettingThinking)
+	}
+	if err := kind.Check(r.Provider, given); err != nil {
+		return checked{}, invalid("%v", err)
 	}
 	network := r.Network
 	if network == "" {
 		network = "full"
 	}
 	if network != "full" && network != "none" {
-		return rec, set, llm.Secret{}, invalid(`network must be "full" or "none"`)
+		return checked{}, invalid(`network must be "full" or "none"`)
 	}
 	vcpus := DefaultVCPUs
 	if r.VCPUs != nil {
 		vcpus = *r.VCPUs
 		if vcpus < 1 || vcpus > MaxVCPUs {
-			return rec, set, llm.Secret{}, invalid("vcpus must be between 1 and %d", MaxVCPUs)
+			return checked{}, invalid("vcpus must be between 1 and %d", MaxVCPUs)
 		}
 	}
 	mem := DefaultMemoryMiB
 	if r.MemoryMiB != nil {
 		mem = *r.MemoryMiB
 		if mem < MinMemoryMiB || mem > MaxMemoryMiB {
-			return rec, set, llm.Secret{}, invalid("memoryMiB must be between %d and %d", MinMemoryMiB, MaxMemoryMiB)
+			return checked{}, invalid("memoryMiB must be between %d and %d", MinMemoryMiB, MaxMemoryMiB)
 		}
 	}
 	var budget int64
@@ -205,9 +213,9 @@ func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.S
 	}
 
 	if r.EmailOnIdle && r.EmailTo == "" {
-		return rec, set, llm.Secret{}, invalid("emailOnIdle is not available: this server cannot e-mail you (no mail transport is configured, or your address is unknown and the operator allowed none)")
+		return checked{}, invalid("emailOnIdle is not available: this server cannot e-mail you (no mail transport is configured, or your address is unknown and the operator allowed none)")
 	}
-	set = settings{
+	set := settings{
 		BaseURL: r.BaseURL, SystemPrompt: r.SystemPrompt, Temperature: r.Temperature, MaxTokens: r.MaxTokens,
 		Network: network, VCPUs: vcpus, MemoryMiB: mem, ThinkingBudget: budget,
 		EmailOnIdle: r.EmailOnIdle,
@@ -217,13 +225,13 @@ func (r CreateRequest) validate(agents []string) (store.Session, settings, llm.S
 	}
 	raw, err := json.Marshal(set)
 	if err != nil {
-		return rec, set, llm.Secret{}, err
+		return checked{}, err
 	}
-	rec = store.Session{
-		Name: name, Provider: r.Provider, Model: model, Agent: agentName,
+	rec := store.Session{
+		Name: name, Provider: r.Provider, Model: model, Agent: kind.Name,
 		Config: raw, IdleTimeoutMin: idle,
 	}
-	return rec, set, llm.NewSecret(key), nil
+	return checked{rec: rec, set: set, kind: kind, key: llm.NewSecret(key)}, nil
 }
 
 // validateName checks a session name, already trimmed: creating and renaming

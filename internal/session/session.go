@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -21,7 +22,7 @@ import (
 // wg; terminate cancels ctx, waits for them, and only then frees the sandbox,
 // so nothing can start using a sandbox that is being torn down.
 type Session struct {
-	m              *Manager
+	deps           deps
 	id             string
 	userID         string
 	idleTimeoutMin int
@@ -45,12 +46,23 @@ type Session struct {
 	messages    int // stored conversation messages, the next one's index
 }
 
-func newSession(m *Manager, rec store.Session, set settings, ag agent.Agent) *Session {
+// deps is what a session needs from the server around it.
+type deps struct {
+	store       *store.Store
+	driver      sandbox.Driver
+	log         *slog.Logger
+	observer    Observer       // nil for none
+	stopTimeout time.Duration  // bounds stopping the sandbox
+	dir         string         // the sandbox's own host directory
+	ended       func(*Session) // told once the session has ended, to forget it
+}
+
+func newSession(d deps, rec store.Session, set settings, ag agent.Agent) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	bus := NewBus(m.store, rec.ID, 0)
-	bus.observer = m.cfg.Observer
+	bus := NewBus(d.store, rec.ID, 0)
+	bus.observer = d.observer
 	return &Session{
-		m: m, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
+		deps: d, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
 		bus: bus, agent: ag,
 		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
 		rec: rec,
@@ -94,7 +106,7 @@ func (s *Session) setState(state, phase, msg string) error {
 	}
 	s.rec.State = state
 	s.mu.Unlock()
-	if err := s.m.store.SetState(context.Background(), s.id, state, ""); err != nil {
+	if err := s.deps.store.SetState(context.Background(), s.id, state, ""); err != nil {
 		return err
 	}
 	return s.emitStatus(phase, msg)
@@ -112,9 +124,9 @@ func (s *Session) boot() {
 		defer s.wg.Done()
 		defer close(s.ready)
 		if err := s.setState(StateBooting, "start", "starting the sandbox"); err != nil {
-			s.m.log.Error("record boot", "session", s.id, "err", err)
+			s.deps.log.Error("record boot", "session", s.id, "err", err)
 		}
-		dir := s.m.sandboxDir(s.id)
+		dir := s.deps.dir
 		started := time.Now()
 		sb, err := s.startSandbox(dir)
 		took := time.Since(started)
@@ -126,7 +138,7 @@ func (s *Session) boot() {
 			// A boot cut short by the session ending is no failure.
 			if !stopping {
 				s.observeBoot(took, err)
-				s.m.log.Error("sandbox failed to start", "session", s.id, "err", err)
+				s.deps.log.Error("sandbox failed to start", "session", s.id, "err", err)
 				go s.terminate(StateError, 1, "the sandbox failed to start: "+err.Error())
 			}
 			return
@@ -143,15 +155,15 @@ func (s *Session) boot() {
 		s.mu.Unlock()
 		s.observeBoot(took, nil)
 		if err := s.setState(StateActive, "ready", "the sandbox is ready"); err != nil {
-			s.m.log.Error("record boot", "session", s.id, "err", err)
+			s.deps.log.Error("record boot", "session", s.id, "err", err)
 		}
 		go s.watch(sb)
 	}()
 }
 
 func (s *Session) observeBoot(took time.Duration, err error) {
-	if o := s.m.cfg.Observer; o != nil {
-		o.SandboxStarted(s.m.driver.Name(), took, err)
+	if o := s.deps.observer; o != nil {
+		o.SandboxStarted(s.deps.driver.Name(), took, err)
 	}
 }
 
@@ -159,7 +171,7 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	sb, err := s.m.driver.Start(s.ctx, sandbox.Spec{
+	sb, err := s.deps.driver.Start(s.ctx, sandbox.Spec{
 		SessionID: s.id, Dir: dir, VCPUs: s.settings.VCPUs, MemoryMiB: s.settings.MemoryMiB,
 		Network: s.settings.Network,
 		Progress: func(phase string) {
@@ -170,7 +182,7 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 		return nil, err
 	}
 	env := agent.Environment{
-		Workspace: sb.Workspace(), Sandbox: s.m.driver.Name(), Isolated: s.m.driver.Isolated(), Network: s.settings.Network,
+		Workspace: sb.Workspace(), Sandbox: s.deps.driver.Name(), Isolated: s.deps.driver.Isolated(), Network: s.settings.Network,
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
@@ -184,10 +196,10 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 }
 
 func (s *Session) stopSandbox(sb sandbox.Sandbox) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.m.cfg.StopTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.deps.stopTimeout)
 	defer cancel()
 	if err := sb.Stop(ctx); err != nil {
-		s.m.log.Error("stop sandbox", "session", s.id, "err", err)
+		s.deps.log.Error("stop sandbox", "session", s.id, "err", err)
 	}
 }
 
@@ -196,8 +208,8 @@ func (s *Session) watch(sb sandbox.Sandbox) {
 	select {
 	case <-sb.Done():
 		if err := sb.ExitError(); err != nil {
-			if o := s.m.cfg.Observer; o != nil {
-				o.SandboxExited(s.m.driver.Name())
+			if o := s.deps.observer; o != nil {
+				o.SandboxExited(s.deps.driver.Name())
 			}
 			go s.terminate(StateError, 1, "the sandbox exited unexpectedly: "+err.Error())
 		}
@@ -250,7 +262,7 @@ func (s *Session) runTurn(ctx context.Context, cancel context.CancelCauseFunc, t
 		}
 	}()
 	if err := s.bus.Emit(ctx, event.AgentBusy, event.Empty{}); err != nil {
-		s.m.log.Error("record turn start", "session", s.id, "err", err)
+		s.deps.log.Error("record turn start", "session", s.id, "err", err)
 		return
 	}
 	select {
@@ -275,7 +287,7 @@ func (s *Session) runTurn(ctx context.Context, cancel context.CancelCauseFunc, t
 	}
 	_ = s.emitStatus("", "")
 	if err := s.agent.Turn(ctx, sb, env, text, sessionSink{s}); err != nil {
-		s.m.log.Error("turn failed", "session", s.id, "err", err)
+		s.deps.log.Error("turn failed", "session", s.id, "err", err)
 		_ = s.bus.Emit(context.Background(), event.Error, event.ErrorData{Message: "the turn could not be recorded: " + err.Error()})
 	}
 }
@@ -291,8 +303,8 @@ func (s *Session) endTurn(cancel context.CancelCauseFunc) {
 	s.rec.LastActivity = time.Now().UTC()
 	last := s.rec.LastActivity
 	s.mu.Unlock()
-	if err := s.m.store.Touch(context.Background(), s.id, last); err != nil {
-		s.m.log.Error("record activity", "session", s.id, "err", err)
+	if err := s.deps.store.Touch(context.Background(), s.id, last); err != nil {
+		s.deps.log.Error("record activity", "session", s.id, "err", err)
 	}
 }
 
@@ -321,13 +333,13 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	defer close(s.done)
 
 	if err := s.setState(StateStopping, "", reason); err != nil {
-		s.m.log.Error("record stopping", "session", s.id, "err", err)
+		s.deps.log.Error("record stopping", "session", s.id, "err", err)
 	}
 	s.cancel(errors.New("the session is ending: " + reason))
 	s.wg.Wait() // boot and turn goroutines are gone after this
 	actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := s.agent.Close(actx); err != nil {
-		s.m.log.Error("stop agent", "session", s.id, "err", err)
+		s.deps.log.Error("stop agent", "session", s.id, "err", err)
 	}
 	cancel()
 
@@ -337,8 +349,8 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	if sb != nil {
 		s.stopSandbox(sb)
 	}
-	if err := os.RemoveAll(s.m.sandboxDir(s.id)); err != nil {
-		s.m.log.Error("remove sandbox directory", "session", s.id, "err", err)
+	if err := os.RemoveAll(s.deps.dir); err != nil {
+		s.deps.log.Error("remove sandbox directory", "session", s.id, "err", err)
 	}
 
 	s.mu.Lock()
@@ -352,14 +364,14 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	if final == StateError {
 		errMsg = reason
 	}
-	if err := s.m.store.SetState(context.Background(), s.id, final, errMsg); err != nil {
-		s.m.log.Error("record end", "session", s.id, "err", err)
+	if err := s.deps.store.SetState(context.Background(), s.id, final, errMsg); err != nil {
+		s.deps.log.Error("record end", "session", s.id, "err", err)
 	}
 	_ = s.emitStatus("", reason)
 	_ = s.bus.Emit(context.Background(), event.Exit, event.ExitData{Code: code, Reason: reason})
 	s.bus.CloseAll()
-	s.m.forget(s)
-	s.m.log.Info("session ended", "session", s.id, "state", final, "reason", reason)
+	s.deps.ended(s)
+	s.deps.log.Info("session ended", "session", s.id, "state", final, "reason", reason)
 	return true
 }
 
@@ -376,7 +388,7 @@ func (k sessionSink) AddUsage(ctx context.Context, u event.UsageTotals) (event.U
 	s.rec.Usage = s.rec.Usage.Add(store.Usage{InputTokens: u.InputTokens, OutputTokens: u.OutputTokens, CostUSD: u.CostUSD})
 	total := s.rec.Usage
 	s.mu.Unlock()
-	if err := s.m.store.SetUsage(context.WithoutCancel(ctx), s.id, total); err != nil {
+	if err := s.deps.store.SetUsage(context.WithoutCancel(ctx), s.id, total); err != nil {
 		return event.UsageTotals{}, err
 	}
 	return event.UsageTotals{InputTokens: total.InputTokens, OutputTokens: total.OutputTokens, CostUSD: total.CostUSD}, nil
@@ -388,7 +400,7 @@ func (k sessionSink) SaveMessages(ctx context.Context, msgs []json.RawMessage) e
 	first := s.messages
 	s.messages += len(msgs)
 	s.mu.Unlock()
-	return s.m.store.AppendMessages(context.WithoutCancel(ctx), s.id, first, msgs)
+	return s.deps.store.AppendMessages(context.WithoutCancel(ctx), s.id, first, msgs)
 }
 
 // Subscribe registers a live reader of the session's events.

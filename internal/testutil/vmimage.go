@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/execlaw/execlaw/internal/image"
-	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
 
 // TestImageDirEnv overrides where VMImage keeps its images.
@@ -18,7 +17,7 @@ const TestImageDirEnv = "EXECLAW_TEST_IMAGES"
 
 var vmImages struct {
 	mu   sync.Mutex
-	imgs map[string]vm.Image
+	imgs map[string]image.Boot
 }
 
 // VMImage builds (or brings up to date) the "minimal" guest image for tests
@@ -27,19 +26,19 @@ var vmImages struct {
 // run on a machine pays for debootstrap; the initramfs is rebuilt whenever
 // execlaw-guest changed. Test processes of different packages share the
 // directory under a file lock.
-func VMImage(tb testing.TB) vm.Image {
+func VMImage(tb testing.TB) image.Boot {
 	tb.Helper()
 	return buildVMImage(tb, "minimal", image.AgentSpec{})
 }
 
 // VMImageWithClaudeCode is VMImage plus Claude Code (and the Node.js it runs
 // on): the image for tests of in-VM agents.
-func VMImageWithClaudeCode(tb testing.TB) vm.Image {
+func VMImageWithClaudeCode(tb testing.TB) image.Boot {
 	tb.Helper()
 	return buildVMImage(tb, "agents", image.AgentSpec{ClaudeCode: true})
 }
 
-func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) vm.Image {
+func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) image.Boot {
 	tb.Helper()
 	vmImages.mu.Lock()
 	defer vmImages.mu.Unlock()
@@ -69,7 +68,7 @@ func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) vm.Image {
 		tb.Fatal(err)
 	}
 	if vmImages.imgs == nil {
-		vmImages.imgs = map[string]vm.Image{}
+		vmImages.imgs = map[string]image.Boot{}
 	}
 	vmImages.imgs[name] = img
 	return img

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/claudecode"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/testutil"
@@ -19,7 +21,7 @@ import (
 // usage is counted, and the real key is nowhere in the VM.
 func TestClaudeCodeInVM(t *testing.T) {
 	const key = "sk-ant-api03-REALKEY-claude-code-test-0123456789"
-	e := newEnvWith(t, testutil.VMImageWithClaudeCode(t), []string{"claude-code"})
+	e := newEnvWith(t, testutil.VMImageWithClaudeCode(t), []agent.Kind{claudecode.Kind})
 	// What the "model" asks Claude Code to run: first a plain command, then
 	// checks of what the VM can see of credentials.
 	checks := strings.Join([]string{

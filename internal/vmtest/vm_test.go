@@ -20,8 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/network"
 	"github.com/execlaw/execlaw/internal/sandbox/qemu"
@@ -35,7 +38,7 @@ type env struct {
 	fake *llmtest.Server
 	tb   *network.Testbed
 	net  *vm.HostNetwork
-	img  vm.Image
+	img  image.Boot
 	pfx  string
 }
 
@@ -52,7 +55,7 @@ func newBenchEnv(t testing.TB) *env {
 }
 
 // newEnvWith runs img, offering agents besides the built-in one.
-func newEnvWith(t testing.TB, img vm.Image, agents []string) *env {
+func newEnvWith(t testing.TB, img image.Boot, agents []agent.Kind) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("VM tests need root: network namespaces, TAP devices, debootstrap")
@@ -81,7 +84,7 @@ func newEnvWith(t testing.TB, img vm.Image, agents []string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 8, Agents: append([]string{"builtin"}, agents...)})
+	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 8, Agents: append([]agent.Kind{builtin.Kind}, agents...)})
 	e.fake = llmtest.NewAnthropic().Attach(t)
 	return e
 }

@@ -7,6 +7,9 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/builtin"
+	"github.com/execlaw/execlaw/internal/agent/claudecode"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 )
@@ -89,7 +92,7 @@ listed:
 // takes the Anthropic provider (the form says so if another is picked), and
 // the session runs the agent chosen, shown in its header.
 func TestFormAgentPicker(t *testing.T) {
-	h := apitest.New(t, apitest.Options{Agents: []string{"builtin", "claude-code"}})
+	h := apitest.New(t, apitest.Options{Agents: []agent.Kind{builtin.Kind, claudecode.Kind}})
 	p := openPage(t, h, pageOptions{})
 	p.waitFor("the agent picker", `!document.querySelector('#ns-agent-field').hidden && document.querySelector('#ns-agent').options.length === 2`)
 	choose := func(sel, value string) {

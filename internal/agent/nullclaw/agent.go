@@ -1,3 +1,11 @@
+// Package nullclaw drives the nullclaw agent (github.com/nullclaw/nullclaw, a
+// static Zig binary) inside a session's sandbox: it renders nullclaw's
+// config, starts its gateway, and runs each turn as one A2A message/stream
+// call (package a2a has the wire protocol), turning what nullclaw streams
+// into ExeClaw's session events.
+//
+// NOTES.md in this directory says what was read in nullclaw's source and
+// docs, what is inferred, and what is still unverified.
 package nullclaw
 
 import (
@@ -14,6 +22,7 @@ import (
 
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/agent/invm"
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/a2a"
 	"github.com/execlaw/execlaw/internal/credproxy"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/guest"
@@ -23,27 +32,28 @@ import (
 // Ports nullclaw uses inside the VM: the credential proxy's tunnel and its
 // own gateway. Both are on the guest's loopback only.
 const (
-	ProxyPort   = 4002
-	GatewayPort = 4100
-	// Binary is where the image build installs nullclaw.
-	Binary = "/usr/local/bin/nullclaw"
-	// BinaryEnv, when set on the host, replaces Binary as the default of
-	// AgentConfig.Binary: the path, inside the sandbox, of the nullclaw
-	// executable. With the process driver the sandbox is the host's own
-	// filesystem, so this is how a host without /usr/local/bin/nullclaw (or
-	// a test, with a stand-in) points sessions at another executable.
-	BinaryEnv = "EXECLAW_NULLCLAW_BIN"
-	// StateDirName is the directory, next to the workspace, that holds
+	proxyPort   = 4002
+	gatewayPort = 4100
+	// defaultBinary is where the image build installs nullclaw.
+	defaultBinary = "/usr/local/bin/nullclaw"
+	// binaryEnv, when set on the host, replaces defaultBinary as the
+	// default of AgentConfig.Binary: the path, inside the sandbox, of the
+	// nullclaw executable. With the process driver the sandbox is the
+	// host's own filesystem, so this is how a host without
+	// /usr/local/bin/nullclaw (or a test, with a stand-in) points sessions
+	// at another executable.
+	binaryEnv = "EXECLAW_NULLCLAW_BIN"
+	// stateDirName is the directory, next to the workspace, that holds
 	// nullclaw's config.json (in .nullclaw/) and whatever it keeps in HOME.
-	StateDirName = ".execlaw-nullclaw"
+	stateDirName = ".execlaw-nullclaw"
 )
 
-// StateDir is where a session's nullclaw keeps its config and memory: next
+// stateDir is where a session's nullclaw keeps its config and memory: next
 // to the workspace, never inside it. In a VM (workspace /workspace) that is
 // /.execlaw-nullclaw; with the process driver it is inside the session's
 // sandbox directory, so it is private to the session and goes with it.
-func StateDir(workspace string) string {
-	return path.Join(path.Dir(path.Clean(workspace)), StateDirName)
+func stateDir(workspace string) string {
+	return path.Join(path.Dir(path.Clean(workspace)), stateDirName)
 }
 
 // AgentConfig is how a session's nullclaw runs.
@@ -53,7 +63,8 @@ type AgentConfig struct {
 	Temperature  *float64
 	MaxTokens    int
 	// Binary is nullclaw inside the guest; default $EXECLAW_NULLCLAW_BIN
-	// (BinaryEnv), else Binary.
+	// on the host, else /usr/local/bin/nullclaw, where the image build
+	// installs it.
 	Binary string
 	// StartTimeout bounds waiting for the gateway to answer (default 60s).
 	StartTimeout time.Duration
@@ -73,7 +84,7 @@ type Agent struct {
 	gwOut     *invm.Tail
 	gwDone    chan struct{}
 	hc        *http.Client // reaches the gateway through the guest's port forward
-	client    *Client
+	client    *a2a.Client
 	contextID string
 }
 
@@ -87,10 +98,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, fmt.Errorf("nullclaw cannot use provider %q", cfg.LLM.Provider)
 	}
 	if cfg.Binary == "" {
-		cfg.Binary = os.Getenv(BinaryEnv)
+		cfg.Binary = os.Getenv(binaryEnv)
 	}
 	if cfg.Binary == "" {
-		cfg.Binary = Binary
+		cfg.Binary = defaultBinary
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 60 * time.Second
@@ -118,13 +129,13 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 	}
 	// The usage of the turn's last model call is in before the turn ends.
 	defer a.proxy.Settle(context.WithoutCancel(ctx))
-	out, err := RunTurn(ctx, a.client, sink, a.contextID, text, TurnOptions{})
+	out, err := runTurn(ctx, a.client, sink, a.contextID, text, turnOptions{})
 	if err != nil {
 		return err
 	}
 	switch {
-	case ctx.Err() != nil && out.Err == nil && out.State != StateCompleted:
-		// Cut short by the user or the session's end. RunTurn reports no
+	case ctx.Err() != nil && out.Err == nil && out.State != a2a.StateCompleted:
+		// Cut short by the user or the session's end. runTurn reports no
 		// error for that (the caller says why), so say it here, as the
 		// other agents do.
 		msg := describeCause(ctx)
@@ -155,7 +166,7 @@ func describeCause(ctx context.Context) string {
 func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink) error {
 	g := ws.Guest()
 	if a.proxy == nil {
-		p, err := invm.StartProxy(ctx, g, ProxyPort, a.cfg.LLM, a.log)
+		p, err := invm.StartProxy(ctx, g, proxyPort, a.cfg.LLM, a.log)
 		if err != nil {
 			return err
 		}
@@ -167,17 +178,17 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 	}
 	a.stopGateway()
 
-	base := fmt.Sprintf("http://127.0.0.1:%d", ProxyPort)
+	base := fmt.Sprintf("http://127.0.0.1:%d", proxyPort)
 	if a.cfg.LLM.Provider != llm.Anthropic {
 		base += "/v1" // nullclaw appends /chat/completions
 	}
 	gwToken := credproxy.NewToken()
 	cfg := Config{
 		Provider: a.cfg.LLM.Provider, BaseURL: base, APIKey: a.proxy.Token, Model: a.cfg.LLM.Model,
-		SystemPrompt: a.cfg.SystemPrompt, Workspace: ws.Workspace(), GatewayPort: GatewayPort,
+		SystemPrompt: a.cfg.SystemPrompt, Workspace: ws.Workspace(), GatewayPort: gatewayPort,
 		GatewayToken: gwToken, Temperature: a.cfg.Temperature, MaxTokens: a.cfg.MaxTokens,
 	}
-	launch, err := cfg.Launch(a.cfg.Binary, StateDir(ws.Workspace()))
+	launch, err := cfg.launch(a.cfg.Binary, stateDir(ws.Workspace()))
 	if err != nil {
 		return err
 	}
@@ -202,11 +213,11 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 	// through the control channel.
 	a.hc = &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return g.Forward(ctx, GatewayPort)
+			return g.Forward(ctx, gatewayPort)
 		},
 		DisableCompression: true,
 	}}
-	a.client = NewClient(launch.BaseURL, a.hc, gwToken)
+	a.client = a2a.NewClient(launch.BaseURL, a.hc, gwToken)
 	if err := a.waitHealthy(ctx); err != nil {
 		return err
 	}

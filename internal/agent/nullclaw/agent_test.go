@@ -16,7 +16,7 @@ func TestStateDir(t *testing.T) {
 		"/data/sandboxes/s_1/workspace/":  "/data/sandboxes/s_1/.execlaw-nullclaw",
 		"/data/sandboxes/s_1/./workspace": "/data/sandboxes/s_1/.execlaw-nullclaw",
 	} {
-		if got := StateDir(ws); got != want {
+		if got := stateDir(ws); got != want {
 			t.Errorf("StateDir(%q) = %q, want %q", ws, got, want)
 		}
 	}
@@ -24,13 +24,13 @@ func TestStateDir(t *testing.T) {
 
 func TestBinaryDefault(t *testing.T) {
 	cfg := AgentConfig{LLM: llm.Config{Provider: llm.Anthropic, Model: "m"}}
-	t.Setenv(BinaryEnv, "")
-	if a, err := NewAgent(cfg); err != nil || a.cfg.Binary != Binary {
+	t.Setenv(binaryEnv, "")
+	if a, err := NewAgent(cfg); err != nil || a.cfg.Binary != defaultBinary {
 		t.Errorf("default binary %q, %v", a.cfg.Binary, err)
 	}
-	t.Setenv(BinaryEnv, "/opt/nullclaw/bin/nullclaw")
+	t.Setenv(binaryEnv, "/opt/nullclaw/bin/nullclaw")
 	if a, err := NewAgent(cfg); err != nil || a.cfg.Binary != "/opt/nullclaw/bin/nullclaw" {
-		t.Errorf("binary from %s: %q, %v", BinaryEnv, a.cfg.Binary, err)
+		t.Errorf("binary from %s: %q, %v", binaryEnv, a.cfg.Binary, err)
 	}
 	cfg.Binary = "/explicit"
 	if a, err := NewAgent(cfg); err != nil || a.cfg.Binary != "/explicit" {

@@ -14,6 +14,10 @@ import (
 	"strings"
 )
 
+// This file renders a session's nullclaw config. Config, RenderConfig,
+// TokenHash and ProxyProviderName are exported for the stand-in's tests
+// (nullclawtest/standin), which read the rendered file as nullclaw would.
+
 // ProxyProviderName is the models.providers entry the OpenAI-compatible
 // proxy gets. nullclaw treats a provider name it does not know, that has a
 // base_url, as an OpenAI-compatible endpoint (ProviderHolder.fromConfig in
@@ -22,7 +26,7 @@ const ProxyProviderName = "execlaw"
 
 // Config is what a session's nullclaw needs. It renders to nullclaw's
 // config.json (RenderConfig) and to the files, arguments and environment of
-// its gateway process (Launch).
+// its gateway process (launch).
 type Config struct {
 	// Provider is ExeClaw's provider name: "anthropic" speaks the Anthropic
 	// Messages API to BaseURL; "openai-compatible", "openai" and "openrouter"
@@ -41,7 +45,7 @@ type Config struct {
 	Model string
 	// SystemPrompt has no place in config.json: nullclaw builds its system
 	// prompt from workspace files (AGENTS.md, SOUL.md, TOOLS.md, IDENTITY.md,
-	// USER.md, ...). Launch writes it to IDENTITY.md in the workspace unless
+	// USER.md, ...). launch writes it to IDENTITY.md in the workspace unless
 	// that file exists.
 	SystemPrompt string
 	// Workspace is the absolute directory the agent works in (environment
@@ -66,7 +70,7 @@ const (
 	sessionIdleSecs = 7 * 24 * 3600
 	// gatewayBodyBytes raises the request body limit on versions that have
 	// gateway.max_body_size_bytes; older ones stay at 64 KiB, which is what
-	// Client.Limits.MaxRequestBytes assumes by default.
+	// a2a.Client.Limits.MaxRequestBytes assumes by default.
 	gatewayBodyBytes = 1 << 20
 )
 
@@ -236,7 +240,7 @@ func (c Config) validate() error {
 //	autonomy                        full, no approvals (no one could give them over A2A): the VM is the sandbox
 //	security.sandbox.backend        none, audit off; memory markdown without auto-save; secrets not encrypted
 //
-// Workspace and SystemPrompt are not config keys; see Launch.
+// Workspace and SystemPrompt are not config keys; see launch.
 func RenderConfig(c Config) ([]byte, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
@@ -282,8 +286,8 @@ func RenderConfig(c Config) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// File is a file Launch wants in the guest before nullclaw starts.
-type File struct {
+// guestFile is a file launch wants in the guest before nullclaw starts.
+type guestFile struct {
 	Path string
 	Data []byte
 	Perm os.FileMode
@@ -291,32 +295,32 @@ type File struct {
 	KeepExisting bool
 }
 
-// Launch is how to start a session's nullclaw gateway.
-type Launch struct {
+// gatewayLaunch is how to start a session's nullclaw gateway.
+type gatewayLaunch struct {
 	Argv []string // nullclaw gateway --host 127.0.0.1 --port N
 	Env  []string // to add to the process environment
 	// Files to write first: config.json, and IDENTITY.md with the system
 	// prompt when there is one.
-	Files []File
-	// BaseURL is what NewClient takes to reach the gateway.
+	Files []guestFile
+	// BaseURL is what a2a.NewClient takes to reach the gateway.
 	BaseURL string
 }
 
-// Launch describes the gateway process for binary (the nullclaw executable)
+// launch describes the gateway process for binary (the nullclaw executable)
 // with its state under stateDir. config.json goes to stateDir/.nullclaw/,
 // found both through HOME (older releases: ~/.nullclaw/config.json) and
 // NULLCLAW_HOME (newer: $NULLCLAW_HOME/config.json).
-func (c Config) Launch(binary, stateDir string) (Launch, error) {
+func (c Config) launch(binary, stateDir string) (gatewayLaunch, error) {
 	cfg, err := RenderConfig(c)
 	if err != nil {
-		return Launch{}, err
+		return gatewayLaunch{}, err
 	}
 	if binary == "" || !path.IsAbs(stateDir) {
-		return Launch{}, fmt.Errorf("nullclaw launch: binary %q or state dir %q is not usable", binary, stateDir)
+		return gatewayLaunch{}, fmt.Errorf("nullclaw launch: binary %q or state dir %q is not usable", binary, stateDir)
 	}
 	home := path.Join(stateDir, ".nullclaw")
 	port := strconv.Itoa(c.GatewayPort)
-	l := Launch{
+	l := gatewayLaunch{
 		Argv: []string{binary, "gateway", "--host", "127.0.0.1", "--port", port},
 		Env: []string{
 			"HOME=" + stateDir,
@@ -325,11 +329,11 @@ func (c Config) Launch(binary, stateDir string) (Launch, error) {
 			"NULLCLAW_GATEWAY_HOST=127.0.0.1",
 			"NULLCLAW_GATEWAY_PORT=" + port,
 		},
-		Files:   []File{{Path: path.Join(home, "config.json"), Data: cfg, Perm: 0o600}},
+		Files:   []guestFile{{Path: path.Join(home, "config.json"), Data: cfg, Perm: 0o600}},
 		BaseURL: "http://127.0.0.1:" + port,
 	}
 	if strings.TrimSpace(c.SystemPrompt) != "" {
-		l.Files = append(l.Files, File{
+		l.Files = append(l.Files, guestFile{
 			Path:         path.Join(c.Workspace, "IDENTITY.md"),
 			Data:         []byte(c.SystemPrompt),
 			Perm:         0o644,

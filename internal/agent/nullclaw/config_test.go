@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/a2a"
 )
 
 func baseConfig() Config {
@@ -149,7 +151,7 @@ func TestRenderConfigRejects(t *testing.T) {
 
 func TestLaunch(t *testing.T) {
 	c := baseConfig()
-	l, err := c.Launch("/usr/local/bin/nullclaw", "/var/lib/execlaw/nullclaw")
+	l, err := c.launch("/usr/local/bin/nullclaw", "/var/lib/execlaw/nullclaw")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,14 +169,14 @@ func TestLaunch(t *testing.T) {
 		l.Files[1].Path != "/workspace/IDENTITY.md" || !l.Files[1].KeepExisting || string(l.Files[1].Data) != c.SystemPrompt {
 		t.Errorf("files %+v", l.Files)
 	}
-	if l.BaseURL != "http://127.0.0.1:3111" || NewClient(l.BaseURL, nil, c.GatewayToken).Endpoint() != "http://127.0.0.1:3111/a2a" {
+	if l.BaseURL != "http://127.0.0.1:3111" || a2a.NewClient(l.BaseURL, nil, c.GatewayToken).Endpoint() != "http://127.0.0.1:3111/a2a" {
 		t.Errorf("base URL %q", l.BaseURL)
 	}
 	c.SystemPrompt = "  "
-	if l, _ := c.Launch("nullclaw", "/s"); len(l.Files) != 1 {
+	if l, _ := c.launch("nullclaw", "/s"); len(l.Files) != 1 {
 		t.Errorf("blank prompt wrote %d files", len(l.Files))
 	}
-	if _, err := c.Launch("nullclaw", "relative"); err == nil {
+	if _, err := c.launch("nullclaw", "relative"); err == nil {
 		t.Error("relative state dir accepted")
 	}
 }

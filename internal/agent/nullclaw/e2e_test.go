@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/agent/nullclaw"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/event"
@@ -171,7 +173,7 @@ func runEndToEnd(t *testing.T, d dialect) {
 		)
 	}
 
-	h := apitest.New(t, apitest.Options{Agents: []string{"builtin", "nullclaw"}})
+	h := apitest.New(t, apitest.Options{Agents: []agent.Kind{builtin.Kind, nullclaw.Kind}})
 	v := h.Create(map[string]any{
 		"provider": d.provider, "apiKey": realKey, "model": d.model, "baseUrl": fake.BaseURL(),
 		"agent": "nullclaw", "systemPrompt": systemPrompt, "maxTokens": maxTokens, "temperature": temperature,
@@ -597,7 +599,7 @@ func checkStandinLog(t *testing.T, path string, d dialect) (map[string]int, int)
 func TestSecondProcessSandboxSessionIsRefused(t *testing.T) {
 	standinPath(t)
 	fake := llmtest.NewAnthropic(llmtest.Turn{Text: "First one here."}).Attach(t)
-	h := apitest.New(t, apitest.Options{Agents: []string{"nullclaw"}})
+	h := apitest.New(t, apitest.Options{Agents: []agent.Kind{nullclaw.Kind}})
 	create := func() string {
 		v := h.Create(map[string]any{"provider": "anthropic", "apiKey": realKey, "model": "claude-sonnet-4-20250514",
 			"baseUrl": fake.BaseURL(), "agent": "nullclaw"})

@@ -8,39 +8,38 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/a2a"
 	"github.com/execlaw/execlaw/internal/event"
 )
 
-// ToolHintPrefix starts the text of the status update nullclaw streams when
+// toolHintPrefix starts the text of the status update nullclaw streams when
 // its agent starts a tool: "Calling tool: <tool name>" (buildProgressHintEvent
 // in src/a2a.zig; the hint text is the tool name, src/agent/root.zig).
-const ToolHintPrefix = "Calling tool: "
+const toolHintPrefix = "Calling tool: "
 
-// ToolResultUnreported is the output given to a tool call's tool_result:
+// toolResultUnreported is the output given to a tool call's tool_result:
 // nullclaw's A2A stream says which tool started, never its input or output.
-const ToolResultUnreported = "(nullclaw does not report tool input or output over A2A)"
+const toolResultUnreported = "(nullclaw does not report tool input or output over A2A)"
 
-// MapperLimits bound what one turn may put into the session log.
-type MapperLimits struct {
+// mapperLimits bound what one turn may put into the session log.
+type mapperLimits struct {
 	MaxTurnTextBytes int // assistant text per turn; the rest is dropped with a marker
 	MaxToolCalls     int // tool calls per turn; later hints are dropped
 	MaxToolNameBytes int // longer tool names are cut
 }
 
-// DefaultMapperLimits are the limits a zero MapperLimits stands for.
-var DefaultMapperLimits = MapperLimits{
+// defaultMapperLimits are the limits a zero mapperLimits stands for.
+var defaultMapperLimits = mapperLimits{
 	MaxTurnTextBytes: 4 << 20,
 	MaxToolCalls:     4096,
 	MaxToolNameBytes: 128,
 }
 
-func (l MapperLimits) withDefaults() MapperLimits {
-	d := DefaultMapperLimits
+func (l mapperLimits) withDefaults() mapperLimits {
+	d := defaultMapperLimits
 	if l.MaxTurnTextBytes <= 0 {
 		l.MaxTurnTextBytes = d.MaxTurnTextBytes
 	}
@@ -53,18 +52,18 @@ func (l MapperLimits) withDefaults() MapperLimits {
 	return l
 }
 
-// TruncationMarker ends the assistant text of a turn that passed
+// truncationMarker ends the assistant text of a turn that passed
 // MaxTurnTextBytes.
-const TruncationMarker = "\n\n[output truncated by ExeClaw]"
+const truncationMarker = "\n\n[output truncated by ExeClaw]"
 
-// Outcome is how a turn ended.
-type Outcome struct {
+// outcome is how a turn ended.
+type outcome struct {
 	TaskID    string
 	ContextID string
 	// State is the last state the gateway reported ("" when no task was
 	// created). A turn cut short by the caller or a broken stream keeps the
 	// last state seen, typically "submitted" or "working".
-	State TaskState
+	State a2a.TaskState
 	// Err is why the turn failed; it was already reported with error_event.
 	// Nil when the task completed or was canceled.
 	Err error
@@ -72,7 +71,7 @@ type Outcome struct {
 	Truncated bool
 }
 
-// Mapper turns the events of one nullclaw turn into ExeClaw events:
+// mapper turns the events of one nullclaw turn into ExeClaw events:
 //
 //   - text of artifact updates -> message_delta, and message when the text
 //     block ends (at a tool call, at the end of an artifact, at the end of
@@ -80,22 +79,22 @@ type Outcome struct {
 //     artifact that extends what was sent yields only the new suffix;
 //   - a "Calling tool: NAME" working status -> tool_call {name, input {}}, and
 //     a tool_result when the next thing happens (nullclaw reports neither
-//     input nor output, see ToolResultUnreported);
+//     input nor output, see toolResultUnreported);
 //   - failed, rejected, input-required and auth-required -> error_event;
 //   - a JSON-RPC error or a broken stream (passed to Finish) -> error_event.
 //
 // agent_busy, agent_idle, usage and status are not the mapper's: the session
 // brackets the turn, and nullclaw's A2A stream carries no usage.
 //
-// A Mapper is for one turn and one goroutine.
-type Mapper struct {
+// A mapper is for one turn and one goroutine.
+type mapper struct {
 	em  event.Emitter
 	ctx context.Context
-	lim MapperLimits
+	lim mapperLimits
 	now func() time.Time
 
 	taskID, contextID string
-	state             TaskState
+	state             a2a.TaskState
 
 	block     *textBlock
 	artifacts map[string]*artifactText
@@ -125,11 +124,11 @@ type pendingTool struct {
 	start    time.Time
 }
 
-// NewMapper returns a mapper emitting to em. Events are emitted with a
+// newMapper returns a mapper emitting to em. Events are emitted with a
 // context that is never cancelled: the events that close a turn are written
 // after its context has ended.
-func NewMapper(em event.Emitter, lim MapperLimits) *Mapper {
-	return &Mapper{
+func newMapper(em event.Emitter, lim mapperLimits) *mapper {
+	return &mapper{
 		em:        em,
 		ctx:       context.Background(),
 		lim:       lim.withDefaults(),
@@ -144,7 +143,7 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-func (m *Mapper) emit(typ string, data any) error {
+func (m *mapper) emit(typ string, data any) error {
 	if m.emitErr != nil {
 		return m.emitErr
 	}
@@ -156,7 +155,7 @@ func (m *Mapper) emit(typ string, data any) error {
 }
 
 // Handle maps one event. It returns only an Emitter's error.
-func (m *Mapper) Handle(ev Event) error {
+func (m *mapper) Handle(ev a2a.Event) error {
 	if m.emitErr != nil {
 		return m.emitErr
 	}
@@ -164,7 +163,7 @@ func (m *Mapper) Handle(ev Event) error {
 		return nil // nothing counts after the final event
 	}
 	switch ev.Kind {
-	case KindTask:
+	case a2a.KindTask:
 		t := ev.Task
 		m.taskID, m.contextID = t.ID, t.ContextID
 		m.state = t.Status.State
@@ -173,35 +172,35 @@ func (m *Mapper) Handle(ev Event) error {
 			// its artifacts are the reply.
 			for i := range t.Artifacts {
 				a := &t.Artifacts[i]
-				if err := m.artifactText(a.ArtifactID, partsText(a.Parts), false, true); err != nil {
+				if err := m.artifactText(a.ArtifactID, a.Text(), false, true); err != nil {
 					return err
 				}
 			}
 			return m.terminal(t.Status)
 		}
-	case KindArtifactUpdate:
+	case a2a.KindArtifactUpdate:
 		a := ev.ArtifactUpdate
-		if m.state == StateSubmitted {
-			m.state = StateWorking // nullclaw moves to working without saying so
+		if m.state == a2a.StateSubmitted {
+			m.state = a2a.StateWorking // nullclaw moves to working without saying so
 		}
-		return m.artifactText(a.Artifact.ArtifactID, partsText(a.Artifact.Parts), a.Append, a.LastChunk)
-	case KindStatusUpdate:
+		return m.artifactText(a.Artifact.ArtifactID, a.Artifact.Text(), a.Append, a.LastChunk)
+	case a2a.KindStatusUpdate:
 		s := ev.StatusUpdate
 		m.state = s.Status.State
 		if s.Status.State.Terminal() || s.Status.State.Interrupted() || s.Final {
 			return m.terminal(s.Status)
 		}
-		if name, ok := strings.CutPrefix(s.Status.Message.Text(), ToolHintPrefix); ok {
+		if name, ok := strings.CutPrefix(s.Status.Message.Text(), toolHintPrefix); ok {
 			return m.toolHint(name)
 		}
-	case KindMessage:
+	case a2a.KindMessage:
 		msg := ev.Message
 		if msg.Role == "agent" {
 			if err := m.artifactText("message:"+msg.MessageID, msg.Text(), false, true); err != nil {
 				return err
 			}
 		}
-		m.state = StateCompleted
+		m.state = a2a.StateCompleted
 		m.done = true
 		return m.closeAll(false, "")
 	}
@@ -209,7 +208,7 @@ func (m *Mapper) Handle(ev Event) error {
 }
 
 // artifactText turns text of an artifact into deltas of the open block.
-func (m *Mapper) artifactText(artifactID, text string, appendTo, last bool) error {
+func (m *mapper) artifactText(artifactID, text string, appendTo, last bool) error {
 	a := m.artifacts[artifactID]
 	if a == nil {
 		a = &artifactText{}
@@ -237,7 +236,7 @@ func (m *Mapper) artifactText(artifactID, text string, appendTo, last bool) erro
 	return nil
 }
 
-func (m *Mapper) text(a *artifactText, delta string) error {
+func (m *mapper) text(a *artifactText, delta string) error {
 	if delta == "" || m.truncated {
 		return nil
 	}
@@ -253,7 +252,7 @@ func (m *Mapper) text(a *artifactText, delta string) error {
 		for cut > 0 && !utf8.RuneStart(delta[cut]) {
 			cut--
 		}
-		delta = delta[:cut] + TruncationMarker
+		delta = delta[:cut] + truncationMarker
 		m.truncated = true
 	}
 	m.textBytes += len(delta)
@@ -265,7 +264,7 @@ func (m *Mapper) text(a *artifactText, delta string) error {
 }
 
 // finishBlock emits the complete text block after its deltas.
-func (m *Mapper) finishBlock() error {
+func (m *mapper) finishBlock() error {
 	b := m.block
 	if b == nil {
 		return nil
@@ -277,7 +276,7 @@ func (m *Mapper) finishBlock() error {
 	return m.emit(event.Message, event.MessageData{MessageID: b.id, Role: "assistant", Content: b.text.String()})
 }
 
-func (m *Mapper) toolHint(name string) error {
+func (m *mapper) toolHint(name string) error {
 	if err := m.finishBlock(); err != nil {
 		return err
 	}
@@ -288,7 +287,7 @@ func (m *Mapper) toolHint(name string) error {
 		return nil
 	}
 	m.toolCalls++
-	name = cleanText(strings.TrimSpace(name), m.lim.MaxToolNameBytes)
+	name = a2a.CleanText(strings.TrimSpace(name), m.lim.MaxToolNameBytes)
 	name = strings.NewReplacer("\n", " ", "\t", " ").Replace(name)
 	if name == "" {
 		name = "unknown"
@@ -301,13 +300,13 @@ func (m *Mapper) toolHint(name string) error {
 // the outcome, so a tool that ended before the next event is not an error;
 // one cut off by a failed or cancelled turn is. DurationMs runs until the next
 // event, an upper bound of the tool's own time.
-func (m *Mapper) closeTool(interrupted bool, why string) error {
+func (m *mapper) closeTool(interrupted bool, why string) error {
 	t := m.tool
 	if t == nil {
 		return nil
 	}
 	m.tool = nil
-	out := ToolResultUnreported
+	out := toolResultUnreported
 	if interrupted {
 		out = "interrupted: " + why
 	}
@@ -320,35 +319,35 @@ func (m *Mapper) closeTool(interrupted bool, why string) error {
 	})
 }
 
-func (m *Mapper) closeAll(interrupted bool, why string) error {
+func (m *mapper) closeAll(interrupted bool, why string) error {
 	if err := m.finishBlock(); err != nil {
 		return err
 	}
 	return m.closeTool(interrupted, why)
 }
 
-func (m *Mapper) terminal(s TaskStatus) error {
+func (m *mapper) terminal(s a2a.TaskStatus) error {
 	m.done = true
 	m.state = s.State
-	reason := cleanText(strings.TrimSpace(s.Message.Text()), DefaultLimits.MaxErrorBytes)
+	reason := a2a.CleanText(strings.TrimSpace(s.Message.Text()), a2a.DefaultLimits.MaxErrorBytes)
 	switch s.State {
-	case StateCompleted:
+	case a2a.StateCompleted:
 		return m.closeAll(false, "")
-	case StateCanceled:
+	case a2a.StateCanceled:
 		return m.closeAll(true, "task canceled")
-	case StateFailed:
+	case a2a.StateFailed:
 		msg := "nullclaw: the task failed"
 		if reason != "" {
 			msg += ": " + reason
 		}
 		return m.fail(errors.New(msg), "task failed")
-	case StateRejected:
+	case a2a.StateRejected:
 		msg := "nullclaw rejected the task"
 		if reason != "" {
 			msg += ": " + reason
 		}
 		return m.fail(errors.New(msg), "task rejected")
-	case StateInputRequired, StateAuthRequired:
+	case a2a.StateInputRequired, a2a.StateAuthRequired:
 		msg := fmt.Sprintf("nullclaw stopped in state %s, which ExeClaw cannot answer", s.State)
 		if reason != "" {
 			msg += ": " + reason
@@ -356,12 +355,12 @@ func (m *Mapper) terminal(s TaskStatus) error {
 		return m.fail(errors.New(msg), string(s.State))
 	default:
 		// A final update in a non-final state breaks the protocol.
-		return m.fail(protoErr("final status update in state %q", s.State), "stream ended")
+		return m.fail(fmt.Errorf("%w: final status update in state %q", a2a.ErrProtocol, s.State), "stream ended")
 	}
 }
 
 // fail closes what is open and reports err once.
-func (m *Mapper) fail(err error, why string) error {
+func (m *mapper) fail(err error, why string) error {
 	if e := m.closeAll(true, why); e != nil {
 		return e
 	}
@@ -375,27 +374,27 @@ func (m *Mapper) fail(err error, why string) error {
 
 // userMessage words an error for the session log.
 func userMessage(err error) string {
-	var re *RPCError
-	var he *HTTPError
+	var re *a2a.RPCError
+	var he *a2a.HTTPError
 	switch {
 	case errors.As(err, &re):
 		return fmt.Sprintf("nullclaw: %s (JSON-RPC error %d)", re.Message, re.Code)
 	case errors.As(err, &he):
 		return he.Error()
-	case errors.Is(err, ErrStreamEnded):
+	case errors.Is(err, a2a.ErrStreamEnded):
 		return "nullclaw: the stream ended before the task finished"
-	case errors.Is(err, ErrIdle):
+	case errors.Is(err, a2a.ErrIdle):
 		return "nullclaw: no output for too long; the turn was abandoned"
 	}
-	return cleanText(err.Error(), DefaultLimits.MaxErrorBytes)
+	return a2a.CleanText(err.Error(), a2a.DefaultLimits.MaxErrorBytes)
 }
 
-// Finish ends the turn after the stream: streamErr is what Client.Stream
+// Finish ends the turn after the stream: streamErr is what a2a.Client.Stream
 // returned. Open text blocks get their message and a pending tool call its
 // result; a failure not reported yet is reported with error_event, unless
 // abandoned is set (the caller cut the turn short and says so itself). The
 // returned error is an Emitter's.
-func (m *Mapper) Finish(streamErr error, abandoned bool) (Outcome, error) {
+func (m *mapper) Finish(streamErr error, abandoned bool) (outcome, error) {
 	switch {
 	case m.emitErr != nil:
 	case streamErr != nil && !abandoned:
@@ -403,123 +402,19 @@ func (m *Mapper) Finish(streamErr error, abandoned bool) (Outcome, error) {
 	case streamErr != nil && abandoned:
 		_ = m.closeAll(true, "turn canceled")
 	case !m.done:
-		_ = m.fail(ErrStreamEnded, "stream ended")
+		_ = m.fail(a2a.ErrStreamEnded, "stream ended")
 	default:
-		_ = m.closeAll(m.state != StateCompleted, string(m.state))
+		_ = m.closeAll(m.state != a2a.StateCompleted, string(m.state))
 	}
-	out := Outcome{TaskID: m.taskID, ContextID: m.contextID, State: m.state, Err: m.failure, Truncated: m.truncated}
+	out := outcome{TaskID: m.taskID, ContextID: m.contextID, State: m.state, Err: m.failure, Truncated: m.truncated}
 	return out, m.emitErr
 }
 
-// TurnOptions tune RunTurn.
-type TurnOptions struct {
-	// CancelGrace is how long a cancelled turn waits for the tasks/cancel
-	// answer and then for nullclaw's final "canceled" event before the stream
-	// is dropped. Default 10s.
-	CancelGrace time.Duration
-	Limits      MapperLimits
-}
-
-// RunTurn sends text to nullclaw in conversation contextID and maps the
-// streamed task to events on em until the task ends. When ctx is cancelled
-// the task is cancelled with tasks/cancel and the turn waits up to
-// CancelGrace for nullclaw to confirm. A task that completes without having
-// streamed any text gets its reply from tasks/get. The session brackets the
-// turn with agent_busy/agent_idle; every failure is reported with
-// error_event before RunTurn returns (see Outcome.Err). The error is an
-// Emitter's.
-func RunTurn(ctx context.Context, c *Client, em event.Emitter, contextID, text string, opts TurnOptions) (Outcome, error) {
-	grace := opts.CancelGrace
-	if grace <= 0 {
-		grace = 10 * time.Second
-	}
-	m := NewMapper(em, opts.Limits)
-
-	// The stream outlives ctx by up to the grace, to see the cancellation.
-	streamCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	defer stop()
-
-	var (
-		mu        sync.Mutex
-		taskID    string
-		known     = make(chan struct{})
-		abandoned atomic.Bool
-		wg        sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-streamCtx.Done():
-			return
-		}
-		abandoned.Store(true)
-		timer := time.NewTimer(grace)
-		defer timer.Stop()
-		select {
-		case <-known:
-		case <-timer.C:
-			stop()
-			return
-		case <-streamCtx.Done():
-			return
-		}
-		mu.Lock()
-		id := taskID
-		mu.Unlock()
-		cctx, ccancel := context.WithTimeout(streamCtx, grace)
-		err := c.Cancel(cctx, id)
-		ccancel()
-		if err != nil && !IsNotCancelable(err) {
-			stop()
-			return
-		}
-		select {
-		case <-timer.C:
-			stop()
-		case <-streamCtx.Done():
-		}
-	}()
-
-	first := true
-	err := c.Stream(streamCtx, contextID, text, func(ev Event) error {
-		if first && ev.Kind == KindTask {
-			first = false
-			mu.Lock()
-			taskID = ev.Task.ID
-			mu.Unlock()
-			close(known)
-		}
-		return m.Handle(ev)
-	})
-	stop()
-	wg.Wait()
-
-	// A task that completed without streaming any text (a provider path
-	// that does not stream) still has its reply in the task's artifact.
-	if err == nil && m.state == StateCompleted && m.textBytes == 0 && m.emitErr == nil && m.taskID != "" {
-		gctx, gcancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
-		t, gerr := c.GetTask(gctx, m.taskID)
-		gcancel()
-		if gerr == nil {
-			if err := m.lateReply(t); err != nil {
-				return m.Finish(err, false)
-			}
-		}
-	}
-
-	// A stream that ended with nullclaw's own "canceled" is not abandoned:
-	// the mapper saw the end of the task.
-	cut := abandoned.Load() && !m.done
-	return m.Finish(err, cut)
-}
-
 // lateReply emits the text of a finished task's artifacts as the turn's reply.
-func (m *Mapper) lateReply(t *Task) error {
+func (m *mapper) lateReply(t *a2a.Task) error {
 	for i := range t.Artifacts {
 		a := &t.Artifacts[i]
-		if err := m.artifactText("late:"+a.ArtifactID, partsText(a.Parts), false, true); err != nil {
+		if err := m.artifactText("late:"+a.ArtifactID, a.Text(), false, true); err != nil {
 			return err
 		}
 	}

@@ -7,31 +7,32 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent/agenttest"
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/a2a"
 )
 
-func evTask(state TaskState, arts ...Artifact) Event {
-	return Event{Kind: KindTask, Task: &Task{Kind: "task", ID: "t1", ContextID: "c1", Status: TaskStatus{State: state}, Artifacts: arts}}
+func evTask(state a2a.TaskState, arts ...a2a.Artifact) a2a.Event {
+	return a2a.Event{Kind: a2a.KindTask, Task: &a2a.Task{Kind: "task", ID: "t1", ContextID: "c1", Status: a2a.TaskStatus{State: state}, Artifacts: arts}}
 }
 
-func evArt(id, text string, appendTo, last bool) Event {
-	return Event{Kind: KindArtifactUpdate, ArtifactUpdate: &TaskArtifactUpdateEvent{
+func evArt(id, text string, appendTo, last bool) a2a.Event {
+	return a2a.Event{Kind: a2a.KindArtifactUpdate, ArtifactUpdate: &a2a.TaskArtifactUpdateEvent{
 		TaskID: "t1", ContextID: "c1", Append: appendTo, LastChunk: last,
-		Artifact: Artifact{ArtifactID: id, Parts: []Part{{Kind: "text", Text: text}}},
+		Artifact: a2a.Artifact{ArtifactID: id, Parts: []a2a.Part{{Kind: "text", Text: text}}},
 	}}
 }
 
-func evStatus(state TaskState, msg string, final bool) Event {
-	s := TaskStatus{State: state}
+func evStatus(state a2a.TaskState, msg string, final bool) a2a.Event {
+	s := a2a.TaskStatus{State: state}
 	if msg != "" {
-		s.Message = &Message{Role: "agent", Parts: []Part{{Kind: "text", Text: msg}}}
+		s.Message = &a2a.Message{Role: "agent", Parts: []a2a.Part{{Kind: "text", Text: msg}}}
 	}
-	return Event{Kind: KindStatusUpdate, StatusUpdate: &TaskStatusUpdateEvent{TaskID: "t1", ContextID: "c1", Status: s, Final: final}}
+	return a2a.Event{Kind: a2a.KindStatusUpdate, StatusUpdate: &a2a.TaskStatusUpdateEvent{TaskID: "t1", ContextID: "c1", Status: s, Final: final}}
 }
 
-func mapAll(t *testing.T, lim MapperLimits, evs ...Event) (*agenttest.Recorder, Outcome) {
+func mapAll(t *testing.T, lim mapperLimits, evs ...a2a.Event) (*agenttest.Recorder, outcome) {
 	t.Helper()
 	rec := agenttest.NewRecorder(t)
-	m := NewMapper(rec, lim)
+	m := newMapper(rec, lim)
 	for _, ev := range evs {
 		if err := m.Handle(ev); err != nil {
 			t.Fatal(err)
@@ -46,35 +47,35 @@ func mapAll(t *testing.T, lim MapperLimits, evs ...Event) (*agenttest.Recorder, 
 }
 
 func TestMapTextSemantics(t *testing.T) {
-	done := evStatus(StateCompleted, "", true)
+	done := evStatus(a2a.StateCompleted, "", true)
 	cases := []struct {
 		name string
-		evs  []Event
+		evs  []a2a.Event
 		want []string
 	}{
-		{"appended chunks", []Event{evTask(StateSubmitted), evArt("a", "ab", true, false), evArt("a", "cd", true, false), done},
+		{"appended chunks", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "ab", true, false), evArt("a", "cd", true, false), done},
 			[]string{"message_delta:ab", "message_delta:cd", "message:abcd"}},
-		{"cumulative re-sends give suffixes", []Event{evTask(StateSubmitted), evArt("a", "He", false, false), evArt("a", "Hello", false, false), evArt("a", "Hello!", false, false), done},
+		{"cumulative re-sends give suffixes", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "He", false, false), evArt("a", "Hello", false, false), evArt("a", "Hello!", false, false), done},
 			[]string{"message_delta:He", "message_delta:llo", "message_delta:!", "message:Hello!"}},
-		{"replacement starts a new block", []Event{evTask(StateSubmitted), evArt("a", "draft", false, false), evArt("a", "final", false, false), done},
+		{"replacement starts a new block", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "draft", false, false), evArt("a", "final", false, false), done},
 			[]string{"message_delta:draft", "message:draft", "message_delta:final", "message:final"}},
-		{"identical re-send is nothing", []Event{evTask(StateSubmitted), evArt("a", "same", false, false), evArt("a", "same", false, false), done},
+		{"identical re-send is nothing", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "same", false, false), evArt("a", "same", false, false), done},
 			[]string{"message_delta:same", "message:same"}},
-		{"lastChunk closes the block", []Event{evTask(StateSubmitted), evArt("a", "one", true, true), evArt("b", "two", true, true), done},
+		{"lastChunk closes the block", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "one", true, true), evArt("b", "two", true, true), done},
 			[]string{"message_delta:one", "message:one", "message_delta:two", "message:two"}},
-		{"empty chunks ignored", []Event{evTask(StateSubmitted), evArt("a", "", true, false), done}, nil},
-		{"working status without hint ignored", []Event{evTask(StateSubmitted), evStatus(StateWorking, "thinking hard", false), done}, nil},
-		{"finished task carries the reply", []Event{evTask(StateCompleted, Artifact{ArtifactID: "x", Parts: []Part{{Kind: "text", Text: "all "}, {Kind: "data", Data: []byte(`{}`)}, {Kind: "text", Text: "done"}}})},
+		{"empty chunks ignored", []a2a.Event{evTask(a2a.StateSubmitted), evArt("a", "", true, false), done}, nil},
+		{"working status without hint ignored", []a2a.Event{evTask(a2a.StateSubmitted), evStatus(a2a.StateWorking, "thinking hard", false), done}, nil},
+		{"finished task carries the reply", []a2a.Event{evTask(a2a.StateCompleted, a2a.Artifact{ArtifactID: "x", Parts: []a2a.Part{{Kind: "text", Text: "all "}, {Kind: "data", Data: []byte(`{}`)}, {Kind: "text", Text: "done"}}})},
 			[]string{"message_delta:all done", "message:all done"}},
-		{"message result", []Event{{Kind: KindMessage, Message: &Message{MessageID: "m", Role: "agent", Parts: []Part{{Kind: "text", Text: "direct"}}}}},
+		{"message result", []a2a.Event{{Kind: a2a.KindMessage, Message: &a2a.Message{MessageID: "m", Role: "agent", Parts: []a2a.Part{{Kind: "text", Text: "direct"}}}}},
 			[]string{"message_delta:direct", "message:direct"}},
-		{"events after the final are ignored", []Event{evTask(StateSubmitted), done, evArt("a", "late", true, false), evStatus(StateFailed, "late", true)}, nil},
+		{"events after the final are ignored", []a2a.Event{evTask(a2a.StateSubmitted), done, evArt("a", "late", true, false), evStatus(a2a.StateFailed, "late", true)}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rec, out := mapAll(t, MapperLimits{}, tc.evs...)
+			rec, out := mapAll(t, mapperLimits{}, tc.evs...)
 			eqStrings(t, summary(rec.Events()), tc.want)
-			if out.State != StateCompleted || out.Err != nil {
+			if out.State != a2a.StateCompleted || out.Err != nil {
 				t.Errorf("outcome %+v", out)
 			}
 		})
@@ -84,28 +85,28 @@ func TestMapTextSemantics(t *testing.T) {
 func TestMapTerminalStates(t *testing.T) {
 	cases := []struct {
 		name  string
-		last  Event
-		state TaskState
+		last  a2a.Event
+		state a2a.TaskState
 		want  []string
 	}{
-		{"failed with reason", evStatus(StateFailed, "provider said no", true), StateFailed,
+		{"failed with reason", evStatus(a2a.StateFailed, "provider said no", true), a2a.StateFailed,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!", "error_event:nullclaw: the task failed: provider said no"}},
-		{"failed without reason", evStatus(StateFailed, "", true), StateFailed,
+		{"failed without reason", evStatus(a2a.StateFailed, "", true), a2a.StateFailed,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!", "error_event:nullclaw: the task failed"}},
-		{"rejected", evStatus(StateRejected, "nope", true), StateRejected,
+		{"rejected", evStatus(a2a.StateRejected, "nope", true), a2a.StateRejected,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!", "error_event:nullclaw rejected the task: nope"}},
-		{"input required", evStatus(StateInputRequired, "which file?", true), StateInputRequired,
+		{"input required", evStatus(a2a.StateInputRequired, "which file?", true), a2a.StateInputRequired,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!", "error_event:nullclaw stopped in state input-required, which ExeClaw cannot answer: which file?"}},
-		{"canceled", evStatus(StateCanceled, "", true), StateCanceled,
+		{"canceled", evStatus(a2a.StateCanceled, "", true), a2a.StateCanceled,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!"}},
-		{"final but working", evStatus(StateWorking, "", true), StateWorking,
+		{"final but working", evStatus(a2a.StateWorking, "", true), a2a.StateWorking,
 			[]string{"message_delta:x", "message:x", "tool_call:shell", "tool_result:shell!", `error_event:nullclaw: protocol violation: final status update in state "working"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rec, out := mapAll(t, MapperLimits{}, evTask(StateSubmitted), evArt("a", "x", true, false), evStatus(StateWorking, ToolHintPrefix+"shell", false), tc.last)
+			rec, out := mapAll(t, mapperLimits{}, evTask(a2a.StateSubmitted), evArt("a", "x", true, false), evStatus(a2a.StateWorking, toolHintPrefix+"shell", false), tc.last)
 			eqStrings(t, summary(rec.Events()), tc.want)
-			if out.State != tc.state || (out.Err == nil) != (tc.state == StateCanceled) {
+			if out.State != tc.state || (out.Err == nil) != (tc.state == a2a.StateCanceled) {
 				t.Errorf("outcome %+v", out)
 			}
 		})
@@ -114,24 +115,24 @@ func TestMapTerminalStates(t *testing.T) {
 
 func TestMapStreamProblems(t *testing.T) {
 	rec := agenttest.NewRecorder(t)
-	m := NewMapper(rec, MapperLimits{})
-	m.Handle(evTask(StateSubmitted))
+	m := newMapper(rec, mapperLimits{})
+	m.Handle(evTask(a2a.StateSubmitted))
 	m.Handle(evArt("a", "partial", true, false))
-	m.Handle(evStatus(StateWorking, ToolHintPrefix+"shell", false))
+	m.Handle(evStatus(a2a.StateWorking, toolHintPrefix+"shell", false))
 	out, err := m.Finish(nil, false) // the stream ended with no final event
 	if err != nil {
 		t.Fatal(err)
 	}
 	eqStrings(t, summary(rec.Events()), []string{"message_delta:partial", "message:partial", "tool_call:shell",
 		"tool_result:shell!", "error_event:nullclaw: the stream ended before the task finished"})
-	if !errors.Is(out.Err, ErrStreamEnded) || out.State != StateWorking {
+	if !errors.Is(out.Err, a2a.ErrStreamEnded) || out.State != a2a.StateWorking {
 		t.Errorf("outcome %+v", out)
 	}
 
 	// Cut short by the caller: closed quietly.
 	rec = agenttest.NewRecorder(t)
-	m = NewMapper(rec, MapperLimits{})
-	m.Handle(evTask(StateSubmitted))
+	m = newMapper(rec, mapperLimits{})
+	m.Handle(evTask(a2a.StateSubmitted))
 	m.Handle(evArt("a", "partial", true, false))
 	out, _ = m.Finish(errors.New("context canceled"), true)
 	eqStrings(t, summary(rec.Events()), []string{"message_delta:partial", "message:partial"})
@@ -141,40 +142,40 @@ func TestMapStreamProblems(t *testing.T) {
 
 	// A failure is reported once even when Finish sees it again.
 	rec = agenttest.NewRecorder(t)
-	m = NewMapper(rec, MapperLimits{})
-	m.Handle(evTask(StateSubmitted))
-	m.Handle(evStatus(StateFailed, "boom", true))
+	m = newMapper(rec, mapperLimits{})
+	m.Handle(evTask(a2a.StateSubmitted))
+	m.Handle(evStatus(a2a.StateFailed, "boom", true))
 	m.Finish(errors.New("later"), false)
 	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw: the task failed: boom"})
 }
 
 func TestMapBounds(t *testing.T) {
 	// Text past the turn's limit is cut on a rune boundary with a marker.
-	rec, out := mapAll(t, MapperLimits{MaxTurnTextBytes: 10},
-		evTask(StateSubmitted), evArt("a", "12345678", true, false), evArt("a", "9é€xyz", true, false), evArt("a", "more", true, false), evStatus(StateCompleted, "", true))
-	eqStrings(t, summary(rec.Events()), []string{"message_delta:12345678", "message_delta:9" + TruncationMarker, "message:123456789" + TruncationMarker})
+	rec, out := mapAll(t, mapperLimits{MaxTurnTextBytes: 10},
+		evTask(a2a.StateSubmitted), evArt("a", "12345678", true, false), evArt("a", "9é€xyz", true, false), evArt("a", "more", true, false), evStatus(a2a.StateCompleted, "", true))
+	eqStrings(t, summary(rec.Events()), []string{"message_delta:12345678", "message_delta:9" + truncationMarker, "message:123456789" + truncationMarker})
 	if !out.Truncated {
 		t.Error("not marked truncated")
 	}
 
 	// Tool names are cleaned and bounded; calls beyond the limit dropped.
-	hint := func(name string) Event { return evStatus(StateWorking, ToolHintPrefix+name, false) }
-	rec, _ = mapAll(t, MapperLimits{MaxToolCalls: 3, MaxToolNameBytes: 8},
-		evTask(StateSubmitted), hint("  "), hint("a\x1b[31m\nb"), hint(strings.Repeat("n", 50)), hint("dropped"), evStatus(StateCompleted, "", true))
+	hint := func(name string) a2a.Event { return evStatus(a2a.StateWorking, toolHintPrefix+name, false) }
+	rec, _ = mapAll(t, mapperLimits{MaxToolCalls: 3, MaxToolNameBytes: 8},
+		evTask(a2a.StateSubmitted), hint("  "), hint("a\x1b[31m\nb"), hint(strings.Repeat("n", 50)), hint("dropped"), evStatus(a2a.StateCompleted, "", true))
 	eqStrings(t, summary(rec.Events()), []string{"tool_call:unknown", "tool_result:unknown", "tool_call:a[31m b", "tool_result:a[31m b",
 		"tool_call:nnnnnnnn…", "tool_result:nnnnnnnn…"})
 }
 
 func TestMapToolDuration(t *testing.T) {
 	rec := agenttest.NewRecorder(t)
-	m := NewMapper(rec, MapperLimits{})
+	m := newMapper(rec, mapperLimits{})
 	now := time.Unix(1000, 0)
 	m.now = func() time.Time { return now }
-	m.Handle(evTask(StateSubmitted))
-	m.Handle(evStatus(StateWorking, ToolHintPrefix+"shell", false))
+	m.Handle(evTask(a2a.StateSubmitted))
+	m.Handle(evStatus(a2a.StateWorking, toolHintPrefix+"shell", false))
 	now = now.Add(1500 * time.Millisecond)
 	m.Handle(evArt("a", "done", true, false))
-	m.Handle(evStatus(StateCompleted, "", true))
+	m.Handle(evStatus(a2a.StateCompleted, "", true))
 	m.Finish(nil, false)
 	res := rec.Events()[1]
 	if res.Data["durationMs"] != float64(1500) {
@@ -185,8 +186,8 @@ func TestMapToolDuration(t *testing.T) {
 func TestMapEmitFailure(t *testing.T) {
 	rec := agenttest.NewRecorder(t)
 	rec.FailAt = 2
-	m := NewMapper(rec, MapperLimits{})
-	m.Handle(evTask(StateSubmitted))
+	m := newMapper(rec, mapperLimits{})
+	m.Handle(evTask(a2a.StateSubmitted))
 	if err := m.Handle(evArt("a", "x", true, false)); err != nil {
 		t.Fatal(err)
 	}

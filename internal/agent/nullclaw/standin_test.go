@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent/agenttest"
+	"github.com/execlaw/execlaw/internal/agent/nullclaw/a2a"
 	"github.com/execlaw/execlaw/internal/agent/nullclaw/nullclawtest"
 )
 
 const testToken = "tok-0123456789abcdef"
 
-func newStandIn(t *testing.T) (*nullclawtest.Server, *Client) {
+func newStandIn(t *testing.T) (*nullclawtest.Server, *a2a.Client) {
 	t.Helper()
 	srv := nullclawtest.New(t, testToken)
 	t.Cleanup(func() {
@@ -24,16 +25,16 @@ func newStandIn(t *testing.T) (*nullclawtest.Server, *Client) {
 			t.Errorf("stand-in saw a bad request: %s", v)
 		}
 	})
-	return srv, NewClient(srv.URL, nil, testToken)
+	return srv, a2a.NewClient(srv.URL, nil, testToken)
 }
 
-func runTurn(t *testing.T, c *Client, rec *agenttest.Recorder, ctxID, text string) Outcome {
+func mustRunTurn(t *testing.T, c *a2a.Client, rec *agenttest.Recorder, ctxID, text string) outcome {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := RunTurn(ctx, c, rec, ctxID, text, TurnOptions{})
+	out, err := runTurn(ctx, c, rec, ctxID, text, turnOptions{})
 	if err != nil {
-		t.Fatalf("RunTurn: %v", err)
+		t.Fatalf("runTurn: %v", err)
 	}
 	return out
 }
@@ -47,13 +48,13 @@ func TestStreamedTextBecomesDeltasAndMessage(t *testing.T) {
 		tn.Complete()
 	})
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "say hello")
+	out := mustRunTurn(t, c, rec, "sess-1", "say hello")
 
 	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Hel", "message_delta:lo, ", "message_delta:wörld", "message:Hello, wörld",
 	})
 	checkPairing(t, rec.Events())
-	if out.State != StateCompleted || out.Err != nil || out.TaskID != "task-1" || out.ContextID != "sess-1" {
+	if out.State != a2a.StateCompleted || out.Err != nil || out.TaskID != "task-1" || out.ContextID != "sess-1" {
 		t.Errorf("outcome %+v", out)
 	}
 
@@ -96,7 +97,7 @@ func TestToolHintsBecomeToolCallsWithResults(t *testing.T) {
 		tn.Complete()
 	})
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "find it")
+	out := mustRunTurn(t, c, rec, "sess-1", "find it")
 
 	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Let me look.", "message:Let me look.",
@@ -107,7 +108,7 @@ func TestToolHintsBecomeToolCallsWithResults(t *testing.T) {
 	checkPairing(t, rec.Events())
 	evs := rec.Events()
 	call, res := evs[2].Data, evs[3].Data
-	if call["id"] != res["id"] || res["output"] != ToolResultUnreported || res["isError"] != false {
+	if call["id"] != res["id"] || res["output"] != toolResultUnreported || res["isError"] != false {
 		t.Errorf("tool call %v result %v", call, res)
 	}
 	if in, _ := json.Marshal(call["input"]); string(in) != "{}" {
@@ -117,7 +118,7 @@ func TestToolHintsBecomeToolCallsWithResults(t *testing.T) {
 	if evs[0].Data["messageId"] == evs[6].Data["messageId"] {
 		t.Error("text after a tool call reused the message id")
 	}
-	if out.State != StateCompleted {
+	if out.State != a2a.StateCompleted {
 		t.Errorf("outcome %+v", out)
 	}
 }
@@ -130,7 +131,7 @@ func TestFailedTurnReportsError(t *testing.T) {
 		tn.Fail()
 	})
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "do it")
+	out := mustRunTurn(t, c, rec, "sess-1", "do it")
 
 	eqStrings(t, summary(rec.Events()), []string{
 		"message_delta:Working on", "message:Working on",
@@ -138,8 +139,8 @@ func TestFailedTurnReportsError(t *testing.T) {
 		"error_event:nullclaw: Agent processing failed (JSON-RPC error -32603)",
 	})
 	checkPairing(t, rec.Events())
-	var re *RPCError
-	if !errors.As(out.Err, &re) || re.Code != CodeInternalError {
+	var re *a2a.RPCError
+	if !errors.As(out.Err, &re) || re.Code != a2a.CodeInternalError {
 		t.Errorf("outcome err %v", out.Err)
 	}
 	if st, _ := srv.TaskState("task-1"); st != "failed" {
@@ -164,7 +165,7 @@ func TestCancelEndsTheTurn(t *testing.T) {
 	rec := agenttest.NewRecorder(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
-	out, err := RunTurn(ctx, c, rec, "sess-1", "run forever", TurnOptions{CancelGrace: 5 * time.Second})
+	out, err := runTurn(ctx, c, rec, "sess-1", "run forever", turnOptions{CancelGrace: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +175,7 @@ func TestCancelEndsTheTurn(t *testing.T) {
 		"tool_call:shell", "tool_result:shell!",
 	})
 	checkPairing(t, rec.Events())
-	if out.State != StateCanceled || out.Err != nil {
+	if out.State != a2a.StateCanceled || out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
 	var cancelReq *nullclawtest.Request
@@ -211,7 +212,7 @@ func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
 	begin := time.Now()
-	out, err := RunTurn(ctx, c, rec, "sess-1", "hang", TurnOptions{CancelGrace: 300 * time.Millisecond})
+	out, err := runTurn(ctx, c, rec, "sess-1", "hang", turnOptions{CancelGrace: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,46 +221,16 @@ func TestCancelWithoutConfirmationGivesUp(t *testing.T) {
 	}
 	// No error_event: the caller cancelled and reports it.
 	eqStrings(t, summary(rec.Events()), []string{"message_delta:stuck", "message:stuck"})
-	if out.State != StateWorking || out.Err != nil {
+	if out.State != a2a.StateWorking || out.Err != nil {
 		t.Errorf("outcome %+v", out)
-	}
-}
-
-func TestCancelDirect(t *testing.T) {
-	srv, c := newStandIn(t)
-	srv.Enqueue(func(tn *nullclawtest.Turn) { tn.Chunk("done"); tn.Complete() })
-	rec := agenttest.NewRecorder(t)
-	runTurn(t, c, rec, "sess-1", "x")
-	ctx := context.Background()
-
-	err := c.Cancel(ctx, "task-1")
-	if !IsNotCancelable(err) {
-		t.Errorf("cancel of a completed task: %v", err)
-	}
-	if err := c.Cancel(ctx, "task-99"); !IsNotCancelable(err) {
-		t.Errorf("cancel of an unknown task: %v", err)
-	}
-	if err := c.Cancel(ctx, "bad\nid"); !errors.Is(err, ErrRequest) {
-		t.Errorf("cancel with a bad id: %v", err)
-	}
-	task, err := c.GetTask(ctx, "task-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if task.Status.State != StateCompleted || len(task.Artifacts) != 1 || partsText(task.Artifacts[0].Parts) != "done" ||
-		len(task.History) != 2 || task.History[0].Text() != "x" {
-		t.Errorf("task %+v", task)
-	}
-	if err := c.Health(ctx); err != nil {
-		t.Errorf("health: %v", err)
 	}
 }
 
 func TestConversationKeepsContext(t *testing.T) {
 	srv, c := newStandIn(t)
 	rec := agenttest.NewRecorder(t)
-	runTurn(t, c, rec, "sess-7", "one")
-	runTurn(t, c, rec, "sess-7", "two")
+	mustRunTurn(t, c, rec, "sess-7", "one")
+	mustRunTurn(t, c, rec, "sess-7", "two")
 	turns := srv.Turns()
 	if len(turns) != 2 || turns[0].ContextID != "sess-7" || turns[1].ContextID != "sess-7" || turns[0].TaskID == turns[1].TaskID {
 		t.Errorf("turns %+v %+v", turns[0], turns[1])
@@ -267,66 +238,18 @@ func TestConversationKeepsContext(t *testing.T) {
 	checkPairing(t, rec.Events())
 }
 
-func TestTextReachesNullclawWithFewestEscapes(t *testing.T) {
-	srv, c := newStandIn(t)
-	rec := agenttest.NewRecorder(t)
-	text := `if a < b && c > d { print("x") }` + "\nnext line ✓"
-	runTurn(t, c, rec, "sess-1", text)
-	tn := srv.Turns()[0]
-	if tn.Text != text {
-		t.Errorf("decoded text %q", tn.Text)
-	}
-	// nullclaw does not unescape: only what JSON requires is escaped.
-	want := `if a < b && c > d { print(\"x\") }\nnext line ✓`
-	if tn.RawText != want {
-		t.Errorf("nullclaw would see %q, want %q", tn.RawText, want)
-	}
-}
-
 func TestUnauthorized(t *testing.T) {
 	srv := nullclawtest.New(t, testToken)
-	c := NewClient(srv.URL, nil, "wrong-token-0000000")
+	c := a2a.NewClient(srv.URL, nil, "wrong-token-0000000")
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "hi")
-	var he *HTTPError
+	out := mustRunTurn(t, c, rec, "sess-1", "hi")
+	var he *a2a.HTTPError
 	if !errors.As(out.Err, &he) || he.StatusCode != 401 || he.Message != "unauthorized" {
 		t.Errorf("err %v", out.Err)
 	}
 	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
 	if out.TaskID != "" {
 		t.Errorf("outcome %+v", out)
-	}
-}
-
-func TestRequestValidation(t *testing.T) {
-	srv, c := newStandIn(t)
-	ctx := context.Background()
-	on := func(Event) error { return nil }
-	if err := c.Stream(ctx, "bad context id", "hi", on); !errors.Is(err, ErrRequest) {
-		t.Errorf("bad context id: %v", err)
-	}
-	if err := c.Stream(ctx, "ok", "", on); !errors.Is(err, ErrRequest) {
-		t.Errorf("empty text: %v", err)
-	}
-	if err := c.Stream(ctx, "ok", "bad \xff utf8", on); !errors.Is(err, ErrRequest) {
-		t.Errorf("invalid UTF-8: %v", err)
-	}
-	if err := c.Stream(ctx, "ok", strings.Repeat("x", 70<<10), on); !errors.Is(err, ErrRequest) {
-		t.Errorf("oversized: %v", err)
-	}
-	if n := len(srv.Requests()); n != 0 {
-		t.Errorf("%d requests sent", n)
-	}
-	for _, u := range []string{"", "ftp://x", "http://", "http://h/?q=1", "://bad"} {
-		if err := NewClient(u, nil, "").Stream(ctx, "", "hi", on); !errors.Is(err, ErrRequest) {
-			t.Errorf("base URL %q: %v", u, err)
-		}
-	}
-	if got := NewClient("http://127.0.0.1:3000/", nil, "").Endpoint(); got != "http://127.0.0.1:3000/a2a" {
-		t.Errorf("endpoint %q", got)
-	}
-	if got := NewClient("http://127.0.0.1:3000/a2a", nil, "").Endpoint(); got != "http://127.0.0.1:3000/a2a" {
-		t.Errorf("endpoint %q", got)
 	}
 }
 
@@ -340,7 +263,7 @@ func TestEmitFailureStopsTheTurn(t *testing.T) {
 	})
 	rec := agenttest.NewRecorder(t)
 	rec.FailAt = 3
-	out, err := RunTurn(context.Background(), c, rec, "sess-1", "hi", TurnOptions{})
+	out, err := runTurn(context.Background(), c, rec, "sess-1", "hi", turnOptions{})
 	if !errors.Is(err, agenttest.ErrEmit) {
 		t.Errorf("err %v, outcome %+v", err, out)
 	}
@@ -360,8 +283,8 @@ func TestIdleTimeout(t *testing.T) {
 	})
 	c.IdleTimeout = 200 * time.Millisecond
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "hi")
-	if !errors.Is(out.Err, ErrIdle) {
+	out := mustRunTurn(t, c, rec, "sess-1", "hi")
+	if !errors.Is(out.Err, a2a.ErrIdle) {
 		t.Errorf("err %v", out.Err)
 	}
 	eqStrings(t, summary(rec.Events()), []string{
@@ -395,11 +318,11 @@ func TestUnstreamedReplyIsFetched(t *testing.T) {
 		tn.Complete()
 	})
 	rec := agenttest.NewRecorder(t)
-	out := runTurn(t, c, rec, "sess-1", "hi")
+	out := mustRunTurn(t, c, rec, "sess-1", "hi")
 	eqStrings(t, summary(rec.Events()), []string{"tool_call:shell", "tool_result:shell",
 		"message_delta:the whole answer", "message:the whole answer"})
 	checkPairing(t, rec.Events())
-	if out.State != StateCompleted || out.Err != nil {
+	if out.State != a2a.StateCompleted || out.Err != nil {
 		t.Errorf("outcome %+v", out)
 	}
 	last := srv.Requests()[len(srv.Requests())-1]
@@ -424,11 +347,11 @@ func TestStandInOptions(t *testing.T) {
 	url := serve(srv)
 
 	rec := agenttest.NewRecorder(t)
-	runTurn(t, NewClient(url, nil, testToken), rec, "sess-1", "hi")
+	mustRunTurn(t, a2a.NewClient(url, nil, testToken), rec, "sess-1", "hi")
 	eqStrings(t, summary(rec.Events()), []string{"message_delta:ok", "message:ok"})
 
 	rec = agenttest.NewRecorder(t)
-	runTurn(t, NewClient(url, nil, "other-token-000000"), rec, "sess-1", "hi")
+	mustRunTurn(t, a2a.NewClient(url, nil, "other-token-000000"), rec, "sess-1", "hi")
 	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 401: unauthorized"})
 	select {
 	case v := <-told:
@@ -442,6 +365,6 @@ func TestStandInOptions(t *testing.T) {
 	off := nullclawtest.NewHandler(testToken)
 	off.A2ADisabled = true
 	rec = agenttest.NewRecorder(t)
-	runTurn(t, NewClient(serve(off), nil, testToken), rec, "sess-1", "hi")
+	mustRunTurn(t, a2a.NewClient(serve(off), nil, testToken), rec, "sess-1", "hi")
 	eqStrings(t, summary(rec.Events()), []string{"error_event:nullclaw gateway: HTTP 404: a2a not enabled"})
 }

@@ -41,7 +41,7 @@ type Options struct {
 	SkipProbe bool
 	// Firecracker builds the firecracker driver when its binary and KVM are
 	// there; nil means this build has none.
-	Firecracker func(binary string, img vm.Image) (sandbox.Driver, error)
+	Firecracker func(binary string, img image.Boot) (sandbox.Driver, error)
 }
 
 // Finding is one thing looked at.
@@ -56,9 +56,9 @@ type Report struct {
 	Driver   string    `json:"driver"`
 	Reason   string    `json:"reason"`
 	Findings []Finding `json:"findings"`
-	// Agents are the agents sessions can use with this driver: builtin,
-	// and the agent CLIs the guest image carries when it is a VM driver.
-	Agents []string `json:"agents"`
+	// ImageAgents are the agent CLIs the guest image carries, when the
+	// driver chosen is a VM driver (they run inside the VM).
+	ImageAgents []string `json:"imageAgents,omitempty"`
 }
 
 func (r *Report) add(check string, ok bool, format string, args ...any) {
@@ -80,17 +80,12 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 		return nil, r, fmt.Errorf("--sandbox must be auto, process, qemu or firecracker, not %q", o.Requested)
 	}
 
-	r.Agents = []string{"builtin"}
 	img, manifest, imgErr := findImage(o.DataDir, o.ImageName)
 	var vmAgents []string
 	if imgErr != nil {
 		r.add("guest image", false, "%v", imgErr)
 	} else {
-		for _, a := range []string{image.AgentClaudeCode, image.AgentNullclaw} {
-			if manifest.HasAgent(a) {
-				vmAgents = append(vmAgents, a)
-			}
-		}
+		vmAgents = manifest.AgentNames()
 		detail := fmt.Sprintf("%q: kernel %s", o.ImageName, img.KernelVersion)
 		if len(vmAgents) > 0 {
 			detail += ", agents " + strings.Join(vmAgents, ", ")
@@ -163,7 +158,7 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 			d, err := o.Firecracker(fcBin, img)
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), "firecracker is installed and KVM runs guests here"
-				r.Agents = append(r.Agents, vmAgents...)
+				r.ImageAgents = vmAgents
 				return d, r, nil
 			}
 			r.add("firecracker driver", false, "%v", err)
@@ -187,7 +182,7 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 				VhostVsock: vsockErr == nil})
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), why
-				r.Agents = append(r.Agents, vmAgents...)
+				r.ImageAgents = vmAgents
 				return d, r, nil
 			}
 			r.add("qemu driver", false, "%v", err)
@@ -229,10 +224,10 @@ func firstProblem(r Report) string {
 	return strings.Join(probs, "; ")
 }
 
-func findImage(dataDir, name string) (vm.Image, image.Manifest, error) {
+func findImage(dataDir, name string) (image.Boot, image.Manifest, error) {
 	st, err := image.NewStore(dataDir)
 	if err != nil {
-		return vm.Image{}, image.Manifest{}, err
+		return image.Boot{}, image.Manifest{}, err
 	}
 	return st.VMImage(name)
 }
@@ -267,7 +262,7 @@ func kvmDevice() (bool, string) {
 }
 
 // probeKVM boots one small VM under KVM and stops it.
-func probeKVM(ctx context.Context, o Options, img vm.Image) error {
+func probeKVM(ctx context.Context, o Options, img image.Boot) error {
 	d, err := qemu.New(qemu.Config{Image: img, Accel: qemu.AccelKVM, BootTimeout: 20 * time.Second, Logger: o.Logger})
 	if err != nil {
 		return err

@@ -9,7 +9,6 @@ import (
 
 	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/sandbox"
-	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
 
@@ -51,7 +50,7 @@ func newHost(t *testing.T, withImage bool, tools ...string) host {
 	return h
 }
 
-func (h host) choose(t *testing.T, requested string, fc func(string, vm.Image) (sandbox.Driver, error)) (sandbox.Driver, Report, error) {
+func (h host) choose(t *testing.T, requested string, fc func(string, image.Boot) (sandbox.Driver, error)) (sandbox.Driver, Report, error) {
 	t.Helper()
 	return Choose(context.Background(), Options{
 		Requested: requested, DataDir: h.dataDir, ImageName: "dev", GuestBin: h.guestBin,
@@ -131,7 +130,7 @@ func TestExplicitChoices(t *testing.T) {
 func TestFirecrackerNeedsWorkingKVM(t *testing.T) {
 	h := newHost(t, true, "qemu-system-x86_64", "firecracker")
 	called := false
-	fc := func(string, vm.Image) (sandbox.Driver, error) { called = true; return nil, nil }
+	fc := func(string, image.Boot) (sandbox.Driver, error) { called = true; return nil, nil }
 	d, r, err := h.choose(t, "auto", fc)
 	if err != nil {
 		t.Fatal(err)

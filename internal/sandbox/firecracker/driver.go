@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
@@ -39,7 +40,7 @@ type Config struct {
 	// cpu.max=...), placed before the "--" that ends the jailer's own.
 	JailerArgs []string
 	// Image is the guest image; Firecracker boots Image.KernelELF.
-	Image  vm.Image
+	Image  image.Boot
 	Logger *slog.Logger
 	// BootTimeout bounds how long Start waits, after InstanceStart, for the
 	// guest's control API to answer; 0 means 60s.
@@ -238,7 +239,6 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 		l:       l,
 		netProv: d.cfg.Network,
 		exited:  make(chan struct{}),
-		done:    make(chan struct{}),
 	}
 
 	// The writable disk: sparse, so this never copies anything.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
@@ -29,7 +30,7 @@ type fakeEnv struct {
 	cfg    fakeConfig
 	bin    string // "firecracker", the test binary under that name
 	jailer string
-	image  vm.Image
+	image  image.Boot
 }
 
 func newFake(t *testing.T, cfg fakeConfig) *fakeEnv {
@@ -49,7 +50,7 @@ func newFake(t *testing.T, cfg fakeConfig) *fakeEnv {
 	if err := os.Mkdir(img, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f.image = vm.Image{
+	f.image = image.Boot{
 		Kernel:    filepath.Join(img, "bzImage"),
 		KernelELF: filepath.Join(img, "vmlinux"),
 		Initramfs: filepath.Join(img, "initramfs.cpio.gz"),
@@ -704,7 +705,7 @@ func TestNewRejects(t *testing.T) {
 	for name, c := range map[string]Config{
 		"no binary":       {Image: f.image},
 		"missing binary":  {Binary: filepath.Join(f.dir, "nope"), Image: f.image},
-		"no vmlinux":      {Binary: f.bin, Image: vm.Image{Kernel: f.image.Kernel, Initramfs: f.image.Initramfs, Rootfs: f.image.Rootfs}},
+		"no vmlinux":      {Binary: f.bin, Image: image.Boot{Kernel: f.image.Kernel, Initramfs: f.image.Initramfs, Rootfs: f.image.Rootfs}},
 		"jailer as root":  {Binary: f.bin, JailerBinary: f.jailer, Image: f.image},
 		"jailer bad name": {Binary: vmm, JailerBinary: f.jailer, JailerUID: 1, JailerGID: 1, Image: f.image},
 		"not executable":  {Binary: f.image.KernelELF, Image: f.image},

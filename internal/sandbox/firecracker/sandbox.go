@@ -38,16 +38,10 @@ type Sandbox struct {
 
 	exited  chan struct{} // closed once the VMM has been reaped
 	waitErr error         // how it ended; written before exited is closed
-	done    chan struct{} // closed after exited, once host resources are released
-
-	mu       sync.Mutex
-	stopping bool  // Stop (or a failed Start) is ending the VMM
-	crashErr error // set before done is closed when the VMM ended on its own
+	exit    sandbox.Exit  // Exited after exited closes, once host resources are released
 
 	releaseOnce sync.Once
 	releaseErr  error // written inside releaseOnce
-
-	stopper sandbox.Stopper
 }
 
 var _ sandbox.Sandbox = (*Sandbox)(nil)
@@ -60,7 +54,7 @@ func (s *Sandbox) Workspace() string { return workspace }
 
 // Done implements sandbox.Sandbox. It is closed once the VMM has exited and
 // the host resources (sockets, jail, network) have been released.
-func (s *Sandbox) Done() <-chan struct{} { return s.done }
+func (s *Sandbox) Done() <-chan struct{} { return s.exit.Done() }
 
 // Instance asks the VMM for its state (GET /).
 func (s *Sandbox) Instance(ctx context.Context) (InstanceInfo, error) {
@@ -68,19 +62,7 @@ func (s *Sandbox) Instance(ctx context.Context) (InstanceInfo, error) {
 }
 
 // ExitError implements sandbox.Sandbox.
-func (s *Sandbox) ExitError() error {
-	select {
-	case <-s.done:
-	default:
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return nil
-	}
-	return s.crashErr
-}
+func (s *Sandbox) ExitError() error { return s.exit.Err() }
 
 // startVMM starts cmd, its output going to the capped log file.
 func (s *Sandbox) startVMM(cmd *exec.Cmd) error {
@@ -110,21 +92,16 @@ func (s *Sandbox) wait() {
 		err = errors.New("exit status 0")
 	}
 	s.logFile.Close() // Wait has finished copying the VMM's output
-	s.mu.Lock()
 	s.waitErr = err
-	crashed := !s.stopping
-	if crashed {
-		s.crashErr = withTail(fmt.Errorf("firecracker: the VMM exited on its own: %v", err), s.l.logPath)
-	}
-	s.mu.Unlock()
+	crash := withTail(fmt.Errorf("firecracker: the VMM exited on its own: %v", err), s.l.logPath)
 	close(s.exited)
-	if crashed {
-		s.log.Warn("firecracker exited", "pid", s.pid, "status", err)
-	} else {
+	if _, expected := s.exit.Expected(); expected {
 		s.log.Info("firecracker exited", "pid", s.pid, "status", err)
+	} else {
+		s.log.Warn("firecracker exited", "pid", s.pid, "status", err)
 	}
 	s.release()
-	close(s.done)
+	s.exit.Exited(crash)
 }
 
 // hasExited reports whether the VMM has been reaped.
@@ -234,20 +211,16 @@ func (s *Sandbox) waitGuest(parent context.Context, timeout time.Duration, conne
 // bounded, under 30s in all at worst) even if ctx ends first; ctx bounds only
 // how long this call waits for it.
 func (s *Sandbox) Stop(ctx context.Context) error {
-	return s.stopper.Stop(ctx, "firecracker", s.stop)
+	return s.exit.Stop(ctx, "firecracker", s.stop)
 }
 
 func (s *Sandbox) stop() error {
-	s.mu.Lock()
-	s.stopping = true
-	s.mu.Unlock()
-
 	var err error
 	if !s.hasExited() {
 		err = s.shutdown()
 	}
 	if s.hasExited() {
-		<-s.done // the wait goroutine releases everything, with bounded steps
+		<-s.exit.Done() // the wait goroutine releases everything, with bounded steps
 	} else {
 		s.release()
 	}
@@ -342,13 +315,11 @@ func (s *Sandbox) release() {
 // reaped, everything is released, and the files Start created are removed.
 // It returns err with the end of the VMM's log added.
 func (s *Sandbox) abort(err error) error {
-	s.mu.Lock()
-	s.stopping = true
-	s.mu.Unlock()
+	s.exit.Expect(sandbox.ExitStop)
 	if s.cmd != nil {
 		s.kill()
 		if s.waitExited(s.t.kill) {
-			<-s.done
+			<-s.exit.Done()
 		} else {
 			s.log.Error("firecracker did not exit after SIGKILL", "pid", s.pid)
 		}

@@ -156,7 +156,6 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		workspace: ws,
 		logPath:   logPath,
 		client:    guest.NewClient(sock.Dialer(guestSockName)),
-		done:      make(chan struct{}),
 	}
 	go sb.wait(logFile)
 
@@ -165,7 +164,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		sb.kill()
 		// Bounded: the child was SIGKILLed, so it is only being reaped.
 		select {
-		case <-sb.done:
+		case <-sb.exit.Done():
 		case <-time.After(5 * time.Second):
 			log.Error("guest did not exit after SIGKILL", "pid", sb.pid)
 		}
@@ -225,7 +224,7 @@ func (s *Sandbox) waitReady(parent context.Context, timeout time.Duration) error
 		}
 		lastErr = err
 		select {
-		case <-s.done:
+		case <-s.exit.Done():
 			return fmt.Errorf("guest exited before answering: %v", s.waitErr)
 		case <-ctx.Done():
 			if err := parent.Err(); err != nil {

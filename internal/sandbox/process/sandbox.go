@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
 
@@ -33,13 +32,8 @@ type Sandbox struct {
 	logPath   string
 	client    *guest.Client
 
-	done    chan struct{} // closed after the guest has been reaped
-	waitErr error         // how it ended; written before done is closed
-
-	mu       sync.Mutex
-	stopping bool
-
-	stopper sandbox.Stopper
+	exit    sandbox.Exit // Exited once the guest has been reaped
+	waitErr error        // how it ended; written before exit.Done is closed
 }
 
 var _ sandbox.Sandbox = (*Sandbox)(nil)
@@ -52,51 +46,35 @@ func (s *Sandbox) Guest() *guest.Client { return s.client }
 func (s *Sandbox) Workspace() string { return s.workspace }
 
 // Done implements sandbox.Sandbox.
-func (s *Sandbox) Done() <-chan struct{} { return s.done }
+func (s *Sandbox) Done() <-chan struct{} { return s.exit.Done() }
 
 // PIDNamespace reports whether the guest runs as PID 1 of its own PID
 // namespace (so nothing it started can outlive it).
 func (s *Sandbox) PIDNamespace() bool { return s.pidNS }
 
 // ExitError implements sandbox.Sandbox.
-func (s *Sandbox) ExitError() error {
-	select {
-	case <-s.done:
-	default:
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return nil
-	}
-	return fmt.Errorf("process sandbox: guest exited on its own: %w", s.waitErr)
-}
+func (s *Sandbox) ExitError() error { return s.exit.Err() }
 
 // Stop implements sandbox.Sandbox. The shutdown itself runs to completion
 // (bounded, a few seconds at most) even if ctx ends first; ctx only bounds how
 // long this call waits for it.
 func (s *Sandbox) Stop(ctx context.Context) error {
-	return s.stopper.Stop(ctx, "process sandbox", s.stop)
+	return s.exit.Stop(ctx, "process sandbox", s.stop)
 }
 
 func (s *Sandbox) stop() error {
-	s.mu.Lock()
-	s.stopping = true
-	s.mu.Unlock()
-
 	var err error
 	select {
-	case <-s.done:
+	case <-s.exit.Done():
 	default:
 		// Ask first: without a PID namespace, the guest's own shutdown is what
 		// kills the process groups the agent started.
-		if rerr := sandbox.RequestExit(s.done, shutdownGrace, s.client.Shutdown); rerr != nil {
+		if rerr := sandbox.RequestExit(s.exit.Done(), shutdownGrace, s.client.Shutdown); rerr != nil {
 			s.log.Debug("guest shutdown request failed", "err", rerr)
 		}
 		s.kill()
 		select {
-		case <-s.done:
+		case <-s.exit.Done():
 		case <-time.After(killWait):
 			err = fmt.Errorf("process sandbox: guest pid %d did not exit after SIGKILL", s.pid)
 		}
@@ -110,7 +88,7 @@ func (s *Sandbox) stop() error {
 // PID namespace, its death makes the kernel kill everything else inside.
 func (s *Sandbox) kill() {
 	select {
-	case <-s.done:
+	case <-s.exit.Done():
 		return // reaped: the pid may already belong to someone else
 	default:
 	}
@@ -138,5 +116,5 @@ func (s *Sandbox) wait(logFile *os.File) {
 	s.waitErr = err
 	logFile.Close() // Wait has finished copying the guest's output
 	s.log.Info("guest exited", "pid", s.pid, "status", err)
-	close(s.done)
+	s.exit.Exited(fmt.Errorf("process sandbox: guest exited on its own: %w", err))
 }

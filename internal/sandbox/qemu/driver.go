@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
@@ -35,7 +36,7 @@ const (
 type Config struct {
 	// Binary is qemu-system-x86_64; empty means looking it up in $PATH.
 	Binary string
-	Image  vm.Image
+	Image  image.Boot
 	// Accel is AccelKVM or AccelTCG.
 	Accel string
 	// Network gives sessions with network "full" their NIC; nil means
@@ -109,7 +110,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if spec.Dir, err = filepath.Abs(spec.Dir); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, done: make(chan struct{}), timings: map[string]time.Duration{}}
+	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, timings: map[string]time.Duration{}}
 	begin := time.Now()
 	defer func() {
 		if err != nil {

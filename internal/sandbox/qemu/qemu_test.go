@@ -15,12 +15,13 @@ import (
 
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/guest"
+	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
 
-func newDriver(t *testing.T) (*Driver, vm.Image) {
+func newDriver(t *testing.T) (*Driver, image.Boot) {
 	t.Helper()
 	img := testutil.VMImage(t)
 	d, err := New(Config{Image: img, Accel: AccelTCG})
@@ -163,6 +164,31 @@ func TestVMMKilled(t *testing.T) {
 		t.Fatalf("ExitError = %v", err)
 	}
 	sb.Stop(context.Background())
+	if pids := apitest.ProcessesMentioning(dir); len(pids) > 0 {
+		t.Fatalf("processes left: %v", pids)
+	}
+}
+
+// A Stop's ctx bounds only its wait: the shutdown runs on, and a later Stop
+// waits for the same one.
+func TestStopContextBoundsTheWait(t *testing.T) {
+	d, _ := newDriver(t)
+	sb, dir := start(t, d, context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	if err := sb.Stop(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stop with a short context: %v", err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("Stop with a short context took %s", d)
+	}
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if sb.ExitError() != nil {
+		t.Errorf("exit error after Stop: %v", sb.ExitError())
+	}
 	if pids := apitest.ProcessesMentioning(dir); len(pids) > 0 {
 		t.Fatalf("processes left: %v", pids)
 	}

@@ -29,13 +29,22 @@ type Sandbox struct {
 	client  *guest.Client
 	timings map[string]time.Duration
 
-	done     chan struct{}
-	waitErr  error // how QEMU exited; set before done closes
-	stopping sync.Once
+	exit    sandbox.Exit // Exited once QEMU has been reaped
+	waitErr error        // how QEMU exited; written before exit.Done is closed
+
 	mu       sync.Mutex
-	stopped  bool // Stop was called: an exit is expected
 	released bool
 }
+
+const (
+	// shutdownGrace bounds asking the guest to power off and waiting for
+	// QEMU to exit.
+	shutdownGrace = 8 * time.Second
+	// killWait bounds waiting for a SIGKILLed QEMU to be reaped.
+	killWait = 10 * time.Second
+	// teardownTimeout bounds removing the VM's network.
+	teardownTimeout = 15 * time.Second
+)
 
 // Guest is the control-protocol client.
 func (s *Sandbox) Guest() *guest.Client { return s.client }
@@ -44,7 +53,7 @@ func (s *Sandbox) Guest() *guest.Client { return s.client }
 func (s *Sandbox) Workspace() string { return "/workspace" }
 
 // Done is closed when QEMU has exited.
-func (s *Sandbox) Done() <-chan struct{} { return s.done }
+func (s *Sandbox) Done() <-chan struct{} { return s.exit.Done() }
 
 // PID is QEMU's process id.
 func (s *Sandbox) PID() int { return s.cmd.Process.Pid }
@@ -53,33 +62,29 @@ func (s *Sandbox) PID() int { return s.cmd.Process.Pid }
 func (s *Sandbox) Timings() map[string]time.Duration { return s.timings }
 
 // ExitError says why QEMU exited on its own; nil before it exits and after Stop.
-func (s *Sandbox) ExitError() error {
-	select {
-	case <-s.done:
-	default:
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
-		return nil
-	}
+func (s *Sandbox) ExitError() error { return s.exit.Err() }
+
+func (s *Sandbox) wait() {
+	err := s.cmd.Wait()
+	s.waitErr = err
 	msg := "the VM exited"
-	if s.waitErr != nil {
-		msg += ": " + s.waitErr.Error()
+	if err != nil {
+		msg += ": " + err.Error()
 	}
 	if tail := s.logTail(); tail != "" {
 		msg += " (" + tail + ")"
 	}
-	return errors.New(msg)
+	s.exit.Exited(errors.New(msg))
 }
 
-func (s *Sandbox) wait() {
-	err := s.cmd.Wait()
-	s.mu.Lock()
-	s.waitErr = err
-	s.mu.Unlock()
-	close(s.done)
+// hasExited reports whether QEMU has been reaped.
+func (s *Sandbox) hasExited() bool {
+	select {
+	case <-s.exit.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // logTail is the end of QEMU's own log and the guest console, bounded: they
@@ -107,7 +112,7 @@ func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
 			return nil
 		}
 		select {
-		case <-s.done:
+		case <-s.exit.Done():
 			return fmt.Errorf("qemu exited at start: %v (%s)", s.waitErr, s.logTail())
 		case <-ctx.Done():
 			return ctx.Err()
@@ -158,48 +163,50 @@ func (s *Sandbox) waitGuest(ctx context.Context, timeout time.Duration) (guest.H
 			return guest.Health{}, fmt.Errorf("guest: %w", r.err)
 		}
 		return r.h, nil
-	case <-s.done:
+	case <-s.exit.Done():
 		return guest.Health{}, fmt.Errorf("the VM exited while booting: %v (%s)", s.waitErr, s.logTail())
 	}
 }
 
 // Stop shuts the VM down and frees everything it holds. The guest is asked
 // to power off first, so its disk is clean; QEMU is killed if it does not
-// exit in time.
+// exit in time. The shutdown runs to completion (each step bounded) even if
+// ctx ends first; ctx bounds only how long this call waits for it.
 func (s *Sandbox) Stop(ctx context.Context) error {
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
-	s.stopping.Do(func() {
-		select {
-		case <-s.done:
-		default:
-			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			err := s.client.Shutdown(sctx)
-			cancel()
-			if err == nil {
-				select {
-				case <-s.done:
-				case <-time.After(5 * time.Second):
-				case <-ctx.Done():
-				}
-			}
-		}
-		s.kill()
-	})
-	<-s.done
-	return s.release(ctx)
+	return s.exit.Stop(ctx, "qemu", s.stop)
 }
 
-// kill ends QEMU and anything in its process group.
+func (s *Sandbox) stop() error {
+	if !s.hasExited() {
+		if err := sandbox.RequestExit(s.exit.Done(), shutdownGrace, s.client.Shutdown); err != nil {
+			s.d.log.Debug("guest shutdown request failed", "session", s.id, "err", err)
+		}
+	}
+	s.kill()
+	var err error
+	if !s.hasExited() {
+		err = fmt.Errorf("qemu: pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	return errors.Join(err, s.release(ctx))
+}
+
+// kill ends QEMU and anything in its process group, and waits a while for
+// QEMU to be reaped.
 func (s *Sandbox) kill() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
+	select {
+	case <-s.exit.Done():
+		return // reaped: its pid, and so its group's, may already be someone else's
+	default:
+	}
 	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
+	case <-s.exit.Done():
+	case <-time.After(killWait):
 		s.d.log.Error("qemu did not exit after SIGKILL", "session", s.id, "pid", s.cmd.Process.Pid)
 	}
 }
@@ -240,7 +247,7 @@ func (s *Sandbox) pollGuest(ctx context.Context, timeout time.Duration) (guest.H
 			return h, nil
 		}
 		select {
-		case <-s.done:
+		case <-s.exit.Done():
 			return guest.Health{}, fmt.Errorf("the VM exited while booting: %v (%s)", s.waitErr, s.logTail())
 		case <-ctx.Done():
 			return guest.Health{}, fmt.Errorf("the guest did not answer within %s: %v (%s)", timeout, err, s.logTail())

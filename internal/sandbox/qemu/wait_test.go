@@ -35,7 +35,7 @@ func TestWaitGuestThroughBindBeforeListen(t *testing.T) {
 		syscall.Close(fd)
 		t.Fatal(err)
 	}
-	s := &Sandbox{dir: dir, socks: socks, done: make(chan struct{})}
+	s := &Sandbox{dir: dir, socks: socks}
 	s.channel = guest.NewSerialChannel(socks.DialPath(ctlSockName))
 	s.client = guest.NewClient(socks.Guard(s.channel.Dial))
 	defer s.channel.Close()

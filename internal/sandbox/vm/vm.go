@@ -1,6 +1,7 @@
 // Package vm holds what the microVM drivers (qemu, firecracker) share: the
-// guest image they boot, the per-session writable disk, and how a session's
-// VM is described independently of the VMM that runs it.
+// per-session writable disk, host networking, and how a session's VM is
+// described independently of the VMM that runs it. The guest image they boot
+// is image.Boot.
 package vm
 
 import (
@@ -11,33 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 )
-
-// Image is the guest image a VM boots. All paths are read-only and shared by
-// every VM.
-type Image struct {
-	Kernel        string // compressed bzImage (QEMU)
-	KernelELF     string // uncompressed vmlinux ELF (Firecracker)
-	Initramfs     string // execlaw-guest as /init plus the modules it loads
-	Rootfs        string // the read-only base root filesystem (ext4)
-	KernelVersion string
-}
-
-// Check reports the first image file that is missing.
-func (im Image) Check(needELF bool) error {
-	files := map[string]string{"kernel": im.Kernel, "initramfs": im.Initramfs, "rootfs": im.Rootfs}
-	if needELF {
-		files["vmlinux"] = im.KernelELF
-	}
-	for what, p := range files {
-		if p == "" {
-			return fmt.Errorf("the guest image has no %s; run `execlaw image build`", what)
-		}
-		if _, err := os.Stat(p); err != nil {
-			return fmt.Errorf("guest image %s: %w; run `execlaw image build`", what, err)
-		}
-	}
-	return nil
-}
 
 // DefaultDiskMiB is the size of a session's writable disk. It is sparse: it
 // takes only what the guest writes.

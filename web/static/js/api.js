@@ -1,4 +1,4 @@
-// The server's JSON API (DESIGN.md section 4). Same-origin fetches with the
+// The server's JSON API (docs/api.md). Same-origin fetches with the
 // login cookie; state-changing requests are JSON, which the server requires.
 // A 401 means the login has lapsed: go to the login page.
 

@@ -7,12 +7,11 @@ import { ModelPicker, describeModel } from './models.js';
 
 const LIVE = new Set(['openrouter', 'openai-compatible']); // listed by asking the endpoint
 
-// The agents a session can run, as /api/platform names them.
-const AGENTS = {
-  builtin: { label: "ExeClaw's agent", hint: 'Runs on the server; its tools (bash, files) run in the sandbox. Any provider.' },
-  'claude-code': { label: 'Claude Code', hint: "Anthropic's Claude Code CLI, inside the VM. Your key stays on the server: the VM only gets a per-session token.", provider: 'anthropic', ownSampling: true },
-  nullclaw: { label: 'nullclaw', hint: 'The nullclaw agent, inside the VM. Your key stays on the server: the VM only gets a per-session token.' },
-};
+// The form fields of the settings an agent kind may refuse (/api/platform's
+// agentKinds[].refuses names them as NewSession does).
+const SETTING_FIELDS = { temperature: '#ns-temp', maxTokens: '#ns-maxtokens', thinking: '#ns-thinking' };
+// What the form knows when the server describes no agents (an older server).
+const BUILTIN = { name: 'builtin', label: "ExeClaw's agent", hint: '', providers: [], refuses: [] };
 
 export class NewSessionForm {
   // onCreated(view) opens the new session.
@@ -28,6 +27,7 @@ export class NewSessionForm {
     this.info = $('#ns-model-info');
     this.problem = $('#ns-problem');
     this.submitBtn = $('#ns-submit');
+    this.kinds = new Map([[BUILTIN.name, BUILTIN]]); // agent kinds the server offers, by name
     this.listing = null; // model list answer for the current provider
     this.fetchSeq = 0;
     this.picker = new ModelPicker($('#ns-model'), $('#ns-model-list'), () => this.describe());
@@ -63,26 +63,32 @@ export class NewSessionForm {
     const f = loadForm();
     if (f.provider && [...this.provider.options].some((o) => o.value === f.provider)) this.provider.value = f.provider;
     // The agent picker shows only when there is a choice.
-    const agents = ((platform && platform.agents) || ['builtin']).filter((a) => AGENTS[a]);
-    this.agent.replaceChildren(...agents.map((a) => new Option(AGENTS[a].label, a)));
-    $('#ns-agent-field').hidden = agents.length < 2;
-    if (f.agent && agents.includes(f.agent)) this.agent.value = f.agent;
+    const kinds = (platform && platform.agentKinds) || [BUILTIN];
+    this.kinds = new Map(kinds.map((k) => [k.name, { ...k, providers: k.providers || [], refuses: k.refuses || [] }]));
+    this.agent.replaceChildren(...kinds.map((k) => new Option(k.label || k.name, k.name)));
+    $('#ns-agent-field').hidden = kinds.length < 2;
+    if (f.agent && this.kinds.has(f.agent)) this.agent.value = f.agent;
     this.name.value = randomName();
     this.agentChanged(true);
     this.providerChanged(true);
   }
 
+  kind() {
+    return this.kinds.get(this.agent.value) || this.kinds.values().next().value || BUILTIN;
+  }
+
   // agentChanged explains the chosen agent and picks the provider it needs.
   agentChanged(initial = false) {
-    const a = AGENTS[this.agent.value] || AGENTS.builtin;
-    $('#ns-agent-hint').textContent = a.hint;
-    // Claude Code picks its own; the server refuses them for it.
-    for (const sel of ['#ns-temp', '#ns-maxtokens', '#ns-thinking']) {
-      $(sel).disabled = Boolean(a.ownSampling);
-      $(sel).title = a.ownSampling ? `${a.label} chooses this itself` : '';
+    const a = this.kind();
+    $('#ns-agent-hint').textContent = a.hint || '';
+    // Settings the agent picks itself: the server refuses them for it.
+    for (const [setting, sel] of Object.entries(SETTING_FIELDS)) {
+      const own = a.refuses.includes(setting);
+      $(sel).disabled = own;
+      $(sel).title = own ? `${a.label} chooses this itself` : '';
     }
-    if (a.provider && this.provider.value !== a.provider) {
-      this.provider.value = a.provider;
+    if (a.providers.length && !a.providers.includes(this.provider.value)) {
+      this.provider.value = a.providers[0];
       if (!initial) this.providerChanged();
     }
   }
@@ -178,8 +184,11 @@ export class NewSessionForm {
 
   check(req) {
     if (!req.name) return ['ns-name', 'Give the session a name.'];
-    const need = AGENTS[req.agent] && AGENTS[req.agent].provider;
-    if (need && req.provider !== need) return ['ns-provider', `${AGENTS[req.agent].label} speaks Anthropic's API: choose Anthropic as the provider.`];
+    const kind = req.agent && this.kinds.get(req.agent);
+    if (kind && kind.providers.length && !kind.providers.includes(req.provider)) {
+      const named = kind.providers.map((v) => { const o = [...this.provider.options].find((x) => x.value === v); return o ? o.textContent : v; }).join(' or ');
+      return ['ns-provider', `${kind.label} works only with ${named}: choose ${named} as the provider.`];
+    }
     if (!req.apiKey && req.provider !== 'openai-compatible') return ['ns-key', 'Enter your API key for this provider.'];
     if (req.provider === 'openai-compatible' && !req.baseUrl) return ['ns-baseurl', 'Enter the base URL of the OpenAI-compatible endpoint.'];
     if (req.baseUrl && !/^https?:\/\/[^\s]+$/i.test(req.baseUrl)) return ['ns-baseurl', 'The base URL must start with http:// or https://.'];

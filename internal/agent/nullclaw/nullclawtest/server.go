@@ -22,6 +22,9 @@
 // test process with scripted turns, and the stand-in executable
 // (./standin) serves the same Server on nullclaw's command line and config,
 // with turns driven by real model calls.
+//
+// RawServer (raw.go) is the other kind of gateway: fixed raw bytes, for the
+// broken and hostile answers that Server never gives.
 package nullclawtest
 
 import (

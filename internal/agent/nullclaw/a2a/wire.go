@@ -1,20 +1,21 @@
-// Package nullclaw drives the nullclaw agent (github.com/nullclaw/nullclaw, a
-// static Zig binary) inside a session's VM through its gateway's A2A
-// (Agent-to-Agent protocol v0.3.0) JSON-RPC endpoint, and turns what it
-// streams into ExeClaw's session events.
+// Package a2a is the A2A protocol (Agent-to-Agent v0.3.0: JSON-RPC 2.0 over
+// HTTP, streamed as server-sent events) as nullclaw's gateway speaks it: the
+// wire types, the calls ExeClaw makes (message/stream, tasks/cancel,
+// tasks/get, GET /health) and the checks on every answer.
 //
-// The wire format here is the one nullclaw's src/a2a.zig writes; NOTES.md in
-// this directory says what was read in nullclaw's source and docs, and what is
-// inferred from the A2A specification.
+// The wire format is the one nullclaw's src/a2a.zig writes; NOTES.md in the
+// parent directory says what was read in nullclaw's source and docs, and what
+// is inferred from the A2A specification.
 //
-// Everything the gateway sends is treated as untrusted: lines, events, ids and
-// texts are bounded, and every event is checked before it is handed on.
-package nullclaw
+// Everything the gateway sends is untrusted. Limits bounds SSE lines, events,
+// whole streams, plain answers, ids, parts, artifacts, history and error
+// texts; every event is validated, and checked against the task its stream
+// is about, before it is handed on; error texts are cleaned before anyone
+// shows them. What the events mean for a session is the caller's business.
+package a2a
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"strings"
 )
 
@@ -60,20 +61,6 @@ func (s TaskState) Interrupted() bool {
 	return s == StateInputRequired || s == StateAuthRequired
 }
 
-// JSON-RPC error codes nullclaw answers with (docs/en/gateway-api.md, "Error
-// Codes"; src/a2a.zig).
-const (
-	CodeParseError           = -32700
-	CodeInvalidRequest       = -32600
-	CodeMethodNotFound       = -32601
-	CodeInvalidParams        = -32602
-	CodeInternalError        = -32603
-	CodeTaskNotFound         = -32001
-	CodeTaskNotCancelable    = -32002
-	CodePushNotSupported     = -32003
-	CodeContentTypeUnsupport = -32005
-)
-
 // Part is one piece of an A2A message or artifact. Kind is "text" (Text
 // set), "data" (Data holds a JSON object) or "file" (File holds the file
 // object, uninterpreted).
@@ -98,7 +85,8 @@ type Message struct {
 	Metadata  json.RawMessage `json:"metadata,omitempty"`
 }
 
-// Text is the concatenation of the message's text parts.
+// Text is the concatenation of the message's text parts. A nil message,
+// such as a status without one, has none.
 func (m *Message) Text() string {
 	if m == nil {
 		return ""
@@ -132,6 +120,9 @@ type Artifact struct {
 	Parts       []Part          `json:"parts"`
 	Metadata    json.RawMessage `json:"metadata,omitempty"`
 }
+
+// Text is the concatenation of the artifact's text parts.
+func (a Artifact) Text() string { return partsText(a.Parts) }
 
 // Task is an A2A task (kind "task").
 type Task struct {
@@ -217,113 +208,4 @@ func (e Event) Final() bool {
 		return true
 	}
 	return false
-}
-
-// Limits bound what the client accepts from the gateway. Zero fields take the
-// defaults of DefaultLimits.
-type Limits struct {
-	MaxRequestBytes  int   // one JSON-RPC request body (nullclaw's MAX_BODY_SIZE is 64 KiB)
-	MaxLineBytes     int   // one SSE line
-	MaxEventBytes    int   // the data of one SSE event
-	MaxStreamBytes   int64 // everything read from one stream
-	MaxEvents        int   // events in one stream
-	MaxResponseBytes int   // a plain JSON answer (tasks/cancel, tasks/get, HTTP errors)
-	MaxIDBytes       int   // task, context, artifact and message ids
-	MaxParts         int   // parts of one message or artifact
-	MaxArtifacts     int   // artifacts of one task
-	MaxHistory       int   // history messages of one task
-	MaxErrorBytes    int   // error messages are cut to this length
-}
-
-// DefaultLimits are the limits a zero Limits stands for.
-var DefaultLimits = Limits{
-	MaxRequestBytes:  64 << 10,
-	MaxLineBytes:     1 << 20,
-	MaxEventBytes:    4 << 20,
-	MaxStreamBytes:   256 << 20,
-	MaxEvents:        1 << 20,
-	MaxResponseBytes: 4 << 20,
-	MaxIDBytes:       256,
-	MaxParts:         64,
-	MaxArtifacts:     64,
-	MaxHistory:       256,
-	MaxErrorBytes:    2048,
-}
-
-func (l Limits) withDefaults() Limits {
-	d := DefaultLimits
-	pick := func(v, def int) int {
-		if v > 0 {
-			return v
-		}
-		return def
-	}
-	l.MaxRequestBytes = pick(l.MaxRequestBytes, d.MaxRequestBytes)
-	l.MaxLineBytes = pick(l.MaxLineBytes, d.MaxLineBytes)
-	l.MaxEventBytes = pick(l.MaxEventBytes, d.MaxEventBytes)
-	if l.MaxStreamBytes <= 0 {
-		l.MaxStreamBytes = d.MaxStreamBytes
-	}
-	l.MaxEvents = pick(l.MaxEvents, d.MaxEvents)
-	l.MaxResponseBytes = pick(l.MaxResponseBytes, d.MaxResponseBytes)
-	l.MaxIDBytes = pick(l.MaxIDBytes, d.MaxIDBytes)
-	l.MaxParts = pick(l.MaxParts, d.MaxParts)
-	l.MaxArtifacts = pick(l.MaxArtifacts, d.MaxArtifacts)
-	l.MaxHistory = pick(l.MaxHistory, d.MaxHistory)
-	l.MaxErrorBytes = pick(l.MaxErrorBytes, d.MaxErrorBytes)
-	return l
-}
-
-// Errors.
-var (
-	// ErrProtocol is wrapped by every error about something the gateway sent
-	// that breaks the protocol.
-	ErrProtocol = errors.New("nullclaw: protocol violation")
-	// ErrStreamEnded: the stream closed before the task reached a final state.
-	ErrStreamEnded = errors.New("nullclaw: stream ended before the task finished")
-	// ErrTooLarge: a line, event, stream or answer passed its limit.
-	ErrTooLarge = errors.New("nullclaw: response exceeds limit")
-	// ErrIdle: nothing arrived for the client's IdleTimeout.
-	ErrIdle = errors.New("nullclaw: stream idle for too long")
-	// ErrRequest: the request itself cannot be sent (bad argument).
-	ErrRequest = errors.New("nullclaw: invalid request")
-)
-
-// RPCError is a JSON-RPC error object the gateway answered with, in a plain
-// answer or as an event of a stream (nullclaw reports a failed streaming turn
-// this way: -32603 "Agent processing failed").
-type RPCError struct {
-	Code    int
-	Message string
-	Data    json.RawMessage
-}
-
-func (e *RPCError) Error() string {
-	return fmt.Sprintf("nullclaw: JSON-RPC error %d: %s", e.Code, e.Message)
-}
-
-// HTTPError is a non-200 answer of the gateway (nullclaw answers
-// {"error":"..."} with 401 unauthorized, 404 "a2a not enabled", 413, 429
-// "rate limited", 503 ...).
-type HTTPError struct {
-	StatusCode int
-	Message    string
-}
-
-func (e *HTTPError) Error() string {
-	if e.Message == "" {
-		return fmt.Sprintf("nullclaw gateway: HTTP %d", e.StatusCode)
-	}
-	return fmt.Sprintf("nullclaw gateway: HTTP %d: %s", e.StatusCode, e.Message)
-}
-
-// IsNotCancelable reports whether err says the task had already finished
-// (TaskNotCancelableError) or was gone (TaskNotFoundError).
-func IsNotCancelable(err error) bool {
-	var re *RPCError
-	return errors.As(err, &re) && (re.Code == CodeTaskNotCancelable || re.Code == CodeTaskNotFound)
-}
-
-func protoErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
 }

@@ -1,22 +1,14 @@
-package agent
+package builtin
 
 import (
 	"fmt"
 	"strings"
+
+	"github.com/execlaw/execlaw/internal/agent"
 )
 
-// Environment describes where the agent's tools run, for the system prompt.
-type Environment struct {
-	Workspace string
-	Kernel    string
-	Hostname  string
-	Sandbox   string // driver name
-	Isolated  bool
-	Network   string // "full" or "none"
-}
-
 // SystemPrompt is the built-in agent's instructions, followed by the user's own.
-func SystemPrompt(env Environment, extra string) string {
+func SystemPrompt(env agent.Environment, extra string) string {
 	var b strings.Builder
 	b.WriteString(`You are a capable software engineer working as a coding agent. You act through tools that run inside a Linux sandbox:
 

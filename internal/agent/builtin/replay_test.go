@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"bufio"
@@ -16,7 +16,7 @@ import (
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 )
 
-const cassetteDir = "../llm/llmtest/testdata/recorded"
+const cassetteDir = "../../llm/llmtest/testdata/recorded"
 
 // recording is what a cassette says the model did, read from its raw bodies
 // independently of fantasy's parsers.

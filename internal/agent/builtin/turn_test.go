@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"charm.land/fantasy"
 
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
@@ -142,7 +143,7 @@ func TestCancelMidStream(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- runTurn(t, ctx, r, sb, "say hello", s) }()
 			testutil.Poll(t, "the first delta", 20*time.Second, func() bool { return slices.Contains(s.types(), event.MessageDelta) })
-			cancel(ErrCancelled)
+			cancel(agent.ErrCancelled)
 			if err := <-done; err != nil {
 				t.Fatalf("Turn: %v", err)
 			}
@@ -151,8 +152,8 @@ func TestCancelMidStream(t *testing.T) {
 			if partial == "" || !strings.HasPrefix("Hello there, this answer never finishes.", partial) || len(partial) >= 40 {
 				t.Errorf("closing message %q, want a proper prefix of the text", partial)
 			}
-			if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != ErrCancelled.Error() {
-				t.Errorf("error events %q, want exactly %q", msgs, ErrCancelled.Error())
+			if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != agent.ErrCancelled.Error() {
+				t.Errorf("error events %q, want exactly %q", msgs, agent.ErrCancelled.Error())
 			}
 			if n := len(decodeAll[event.UsageData](t, s, event.Usage)); n != 0 {
 				t.Errorf("%d usage events for an unfinished call", n)
@@ -189,7 +190,7 @@ func TestCancelDuringTool(t *testing.T) {
 		return err == nil
 	})
 	start := time.Now()
-	cancel(ErrCancelled)
+	cancel(agent.ErrCancelled)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestCancelDuringTool(t *testing.T) {
 	if len(res) != 1 || !res[0].IsError || res[0].Output != "running the command failed: cancelled" {
 		t.Errorf("tool results %+v", res)
 	}
-	if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != ErrCancelled.Error() {
+	if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != agent.ErrCancelled.Error() {
 		t.Errorf("error events %q", msgs)
 	}
 	if roles := historyRoles(t, s.history()); !slices.Equal(roles, []string{"user", "assistant", "tool", "assistant"}) {
@@ -230,7 +231,7 @@ func TestCancelBeforeToolsRun(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(testCtx(t))
 	s.onEmit = func(typ string) {
 		if typ == event.ToolCall {
-			cancel(ErrCancelled)
+			cancel(agent.ErrCancelled)
 		}
 	}
 	start := time.Now()
@@ -249,7 +250,7 @@ func TestCancelBeforeToolsRun(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(sb.Workspace(), "ran")); err == nil {
 		t.Error("the tool ran after the turn was cancelled")
 	}
-	if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != ErrCancelled.Error() {
+	if msgs := errorMessages(t, s); len(msgs) != 1 || msgs[0] != agent.ErrCancelled.Error() {
 		t.Errorf("error events %q", msgs)
 	}
 	if roles := historyRoles(t, s.history()); !slices.Equal(roles, []string{"user", "assistant"}) {

@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/sandbox"
@@ -156,9 +157,9 @@ func errorMessages(t *testing.T, s *recordingSink) []string {
 }
 
 // runTurn runs one turn and freezes the sink once it returns.
-func runTurn(t *testing.T, ctx context.Context, r *Runner, ws Workspace, text string, s *recordingSink) error {
+func runTurn(t *testing.T, ctx context.Context, r *Runner, ws agent.Workspace, text string, s *recordingSink) error {
 	t.Helper()
-	err := r.Turn(ctx, ws, Environment{Workspace: ws.Workspace()}, text, s)
+	err := r.Turn(ctx, ws, agent.Environment{Workspace: ws.Workspace()}, text, s)
 	s.freeze()
 	return err
 }

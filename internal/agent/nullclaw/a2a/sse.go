@@ -1,4 +1,4 @@
-package nullclaw
+package a2a
 
 import (
 	"bufio"
@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// This file reads a gateway stream: server-sent events with bounded lines,
-// and the watch that ends a stream gone quiet.
+// This file reads what the gateway sends back: server-sent events with
+// bounded lines, the watch that ends a stream gone quiet, and plain answers
+// read up to a limit.
 
 // sseReader reads the data of server-sent events with bounded lines.
 type sseReader struct {
@@ -136,6 +137,8 @@ func (w *idleWatch) fired() bool {
 
 func (w *idleWatch) stop() { w.t.Stop() }
 
+// readBounded reads a plain answer whole, but no more than max bytes of it:
+// a gateway that never stops writing must not fill memory.
 func readBounded(r io.Reader, max int) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, int64(max)+1))
 	if err != nil {
@@ -146,5 +149,3 @@ func readBounded(r io.Reader, max int) ([]byte, error) {
 	}
 	return b, nil
 }
-
-// call sends a non-streaming JSON-RPC request and returns the validated task

@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"charm.land/fantasy"
+
+	"github.com/execlaw/execlaw/internal/agent"
 )
 
 func TestTruncateMiddle(t *testing.T) {
@@ -156,7 +158,7 @@ func TestDescribeError(t *testing.T) {
 	anthropicStyle := `POST "https://api.anthropic.com/v1/messages": 401 Unauthorized (Request-ID: req_1) ` +
 		`{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}`
 	cancelled, cancel := context.WithCancelCause(context.Background())
-	cancel(ErrCancelled)
+	cancel(agent.ErrCancelled)
 	plain, cancelPlain := context.WithCancel(context.Background())
 	cancelPlain()
 	for _, tc := range []struct {
@@ -177,7 +179,7 @@ func TestDescribeError(t *testing.T) {
 		{context.Background(), &fantasy.ProviderError{Title: "stream error", Message: "boom"},
 			"model call failed: stream error: boom"},
 		{context.Background(), errors.New("dial tcp: refused"), "model call failed: dial tcp: refused"},
-		{cancelled, context.Canceled, ErrCancelled.Error()},
+		{cancelled, context.Canceled, agent.ErrCancelled.Error()},
 		{plain, context.Canceled, "turn cancelled"},
 	} {
 		if got := describeError(tc.ctx, tc.err); got != tc.want {
@@ -187,14 +189,14 @@ func TestDescribeError(t *testing.T) {
 }
 
 func TestSystemPrompt(t *testing.T) {
-	p := SystemPrompt(Environment{Workspace: "/work", Kernel: "6.1", Sandbox: "qemu-tcg", Isolated: true, Network: "none"}, "  Be terse.  ")
+	p := SystemPrompt(agent.Environment{Workspace: "/work", Kernel: "6.1", Sandbox: "qemu-tcg", Isolated: true, Network: "none"}, "  Be terse.  ")
 	for _, want := range []string{"workspace directory: /work", "kernel: Linux 6.1", "virtual machine (qemu-tcg)",
 		"no network access", "Instructions from the user:\nBe terse.\n"} {
 		if !strings.Contains(p, want) {
 			t.Errorf("prompt lacks %q", want)
 		}
 	}
-	p = SystemPrompt(Environment{Workspace: "/w", Network: "full"}, " ")
+	p = SystemPrompt(agent.Environment{Workspace: "/w", Network: "full"}, " ")
 	if !strings.Contains(p, "NOT a virtual machine") || !strings.Contains(p, "outbound network") ||
 		strings.Contains(p, "Instructions from the user") || strings.Contains(p, "kernel:") {
 		t.Errorf("prompt %q", p)

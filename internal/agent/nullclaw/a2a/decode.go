@@ -1,4 +1,4 @@
-package nullclaw
+package a2a
 
 import (
 	"bytes"
@@ -50,20 +50,13 @@ func decodeResponse(data []byte, wantID string, lim Limits) (Event, error) {
 		if err := json.Unmarshal(env.Error, &e); err != nil || e.Code == nil || e.Message == nil {
 			return Event{}, protoErr("malformed JSON-RPC error object")
 		}
-		re := &RPCError{Code: *e.Code, Message: cleanText(*e.Message, lim.MaxErrorBytes)}
+		re := &RPCError{Code: *e.Code, Message: CleanText(*e.Message, lim.MaxErrorBytes)}
 		if len(e.Data) <= lim.MaxErrorBytes {
 			re.Data = e.Data
 		}
 		return Event{}, re
 	}
 	return decodeResult(env.Result, lim)
-}
-
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 func decodeResult(raw json.RawMessage, lim Limits) (Event, error) {

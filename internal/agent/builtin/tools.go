@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -13,14 +13,9 @@ import (
 
 	"charm.land/fantasy"
 
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/guest"
 )
-
-// Workspace is where tools run: a sandbox's guest and its working directory.
-type Workspace interface {
-	Guest() *guest.Client
-	Workspace() string
-}
 
 // Tool limits. Outputs past MaxToolOutput are cut in the middle with a note,
 // keeping the start (what was run) and the end (how it ended).
@@ -69,7 +64,7 @@ type listInput struct {
 }
 
 // newTools returns the built-in tools, bound to ws.
-func newTools(ws Workspace) []fantasy.AgentTool {
+func newTools(ws agent.Workspace) []fantasy.AgentTool {
 	t := &toolbox{ws: ws}
 	return []fantasy.AgentTool{
 		fantasy.NewAgentTool("bash",
@@ -91,7 +86,7 @@ func newTools(ws Workspace) []fantasy.AgentTool {
 }
 
 type toolbox struct {
-	ws Workspace
+	ws agent.Workspace
 }
 
 // result is what a tool body produces; timed turns it into a ToolResponse.

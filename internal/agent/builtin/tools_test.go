@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"charm.land/fantasy"
+
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
 
@@ -24,12 +26,12 @@ type toolOut struct {
 }
 
 // callTool runs one built-in tool the way fantasy's agent does.
-func callTool(t *testing.T, ws Workspace, name string, input any) toolOut {
+func callTool(t *testing.T, ws agent.Workspace, name string, input any) toolOut {
 	t.Helper()
 	return callToolCtx(t, testCtx(t), ws, name, input)
 }
 
-func callToolCtx(t *testing.T, ctx context.Context, ws Workspace, name string, input any) toolOut {
+func callToolCtx(t *testing.T, ctx context.Context, ws agent.Workspace, name string, input any) toolOut {
 	t.Helper()
 	in, ok := input.(string)
 	if !ok {
@@ -74,7 +76,7 @@ func wantErr(t *testing.T, o toolOut, substr string) {
 	}
 }
 
-func writeHost(t *testing.T, ws Workspace, rel, content string) {
+func writeHost(t *testing.T, ws agent.Workspace, rel, content string) {
 	t.Helper()
 	p := filepath.Join(ws.Workspace(), rel)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -85,7 +87,7 @@ func writeHost(t *testing.T, ws Workspace, rel, content string) {
 	}
 }
 
-func readHost(t *testing.T, ws Workspace, rel string) string {
+func readHost(t *testing.T, ws agent.Workspace, rel string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(ws.Workspace(), rel))
 	if err != nil {
@@ -170,7 +172,7 @@ func TestBashTool(t *testing.T) {
 	})
 	t.Run("cancelled by the user", func(t *testing.T) {
 		ctx, cancel := context.WithCancelCause(testCtx(t))
-		cancel(ErrCancelled)
+		cancel(agent.ErrCancelled)
 		for _, tc := range []struct{ tool, input, want string }{
 			{"bash", `{"command":"touch never"}`, "running the command failed: cancelled"},
 			{"read_file", `{"path":"x"}`, "read x: cancelled"},

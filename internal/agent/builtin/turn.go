@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"context"
@@ -11,13 +11,14 @@ import (
 
 	"charm.land/fantasy"
 
+	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/event"
 )
 
 // turn turns one fantasy agent stream into session events.
 type turn struct {
 	runner *Runner
-	sink   Sink
+	sink   agent.Sink
 
 	// Stream callbacks run on fantasy's stream goroutine; tool results may
 	// arrive from its tool goroutines, so shared state is guarded.

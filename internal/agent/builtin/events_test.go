@@ -1,4 +1,4 @@
-package agent
+package builtin
 
 import (
 	"encoding/json"
