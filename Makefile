@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/execlaw/execlaw/internal/version.Version=$(VERSION)
 
-.PHONY: build test vet fmt-check bench run clean screenshots vendor-web install
+.PHONY: build test vet fmt-check bench fuzz run clean screenshots vendor-web install
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
@@ -11,6 +11,13 @@ build:
 
 test: fmt-check vet
 	$(GO) test -race -count=1 -timeout 25m ./...
+	$(MAKE) fuzz FUZZTIME=60s
+
+# Hostile requests to every route (Go's native fuzzing), for FUZZTIME; the
+# seeds also run in the plain test run.
+FUZZTIME ?= 5m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZTIME) ./internal/api/
 
 vet:
 	$(GO) vet ./...

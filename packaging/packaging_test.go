@@ -138,6 +138,14 @@ func TestUnitPrivileges(t *testing.T) {
 	if slices.Contains(d["ProtectKernelTunables"], "yes") {
 		t.Error("ProtectKernelTunables=yes would stop the per-session sysctls")
 	}
+	// Per-VM cgroups: the server manages its delegated cgroup, which
+	// ProtectControlGroups would make read-only; systemd lowers its OOM
+	// score (VMMs raise theirs).
+	one("Delegate", "yes")
+	one("OOMScoreAdjust", "-500")
+	if slices.Contains(d["ProtectControlGroups"], "yes") {
+		t.Error("ProtectControlGroups=yes would make the delegated cgroup read-only")
+	}
 	for _, key := range []string{"PermissionsStartOnly", "PrivateUsers"} {
 		if len(d[key]) > 0 {
 			t.Errorf("%s is set", key)

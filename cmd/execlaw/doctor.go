@@ -25,6 +25,10 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	sandbox := fs.String("sandbox", envOr(getenv, "EXECLAW_SANDBOX", "auto"), "driver to check for (EXECLAW_SANDBOX)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	quick := fs.Bool("quick", false, "do not boot a probe VM under KVM")
+	var netFlags serveConfig
+	fs.StringVar(&netFlags.NetPool, "net-pool", envOr(getenv, "EXECLAW_NET_POOL", network.DefaultPool.String()), "VM address pool, as serve takes it (EXECLAW_NET_POOL)")
+	fs.StringVar(&netFlags.GuestAllow, "guest-allow", envOr(getenv, "EXECLAW_GUEST_ALLOW", ""), "ranges guests may reach, as serve takes them (EXECLAW_GUEST_ALLOW)")
+	fs.StringVar(&netFlags.GuestDeny, "guest-deny", envOr(getenv, "EXECLAW_GUEST_DENY", ""), "ranges guests may not reach, as serve takes them (EXECLAW_GUEST_DENY)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,14 +39,34 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	netCfg, err := guestNetConfig(netFlags)
+	if err != nil {
+		return err
+	}
+	netCfg.Instance, netCfg.Owner = network.InstanceID(dir), dir
+	hostNet := vm.NewHostNetwork(netCfg)
 	driver, report, err := detect.Choose(ctx, detect.Options{
 		Requested: *sandbox, DataDir: dir, ImageName: *img, Getenv: getenv, SkipProbe: *quick,
-		Network: vm.NewHostNetwork(network.Config{}),
+		Network: hostNet,
 	})
+	report.Findings = append(report.Findings, resourceFindings(dir)...)
+	// Where this server's VM networking stands among other servers on the
+	// host, and what its guests may reach. Reading only: nothing is claimed.
+	netInfo, netErr := hostNet.Describe()
 	if *asJSON {
+		out := struct {
+			detect.Report
+			Network      *network.Info `json:"network,omitempty"`
+			NetworkError string        `json:"networkError,omitempty"`
+		}{Report: report}
+		if netErr != nil {
+			out.NetworkError = netErr.Error()
+		} else {
+			out.Network = &netInfo
+		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if encErr := enc.Encode(report); encErr != nil {
+		if encErr := enc.Encode(out); encErr != nil {
 			return encErr
 		}
 		return err
@@ -53,6 +77,11 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 			mark = "yes"
 		}
 		fmt.Fprintf(stdout, "  [%s] %-18s %s\n", mark, f.Check, f.Detail)
+	}
+	if netErr != nil {
+		fmt.Fprintf(stdout, "\nVM network: %v\n", netErr)
+	} else {
+		fmt.Fprintf(stdout, "\nVM network: %s\nGuest policy: %s\n", netInfo, netInfo.Policy)
 	}
 	if err != nil {
 		fmt.Fprintf(stdout, "\nNo driver: %v\n", err)

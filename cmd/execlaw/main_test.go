@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -72,9 +73,14 @@ type server struct {
 
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
 
-func startServer(t *testing.T, bin, dataDir string) *server {
+func startServer(t *testing.T, bin, dataDir string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--auth", "none")
+	return startServerCmd(t, exec.Command(bin, append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--auth", "none"}, args...)...))
+}
+
+// startServerCmd starts the server cmd runs, and waits for its address.
+func startServerCmd(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -220,5 +226,21 @@ func waitGone(t *testing.T, dir string) {
 			t.Fatalf("processes still running for %s: %v", dir, processesMentioning(dir))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Two servers on one data directory would sweep each other's sandboxes:
+// the second refuses to start, naming the first.
+func TestSecondServerOnDataDirRefused(t *testing.T) {
+	bin := testutil.Binary(t, "execlaw")
+	testutil.GuestBinary(t)
+	dataDir := t.TempDir()
+	first := startServer(t, bin, dataDir)
+	out, err := exec.Command(bin, "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--auth", "none", "--sandbox", "process").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), fmt.Sprintf("another execlaw serve (pid %d)", first.cmd.Process.Pid)) {
+		t.Fatalf("a second server on the same data directory: %v\n%s", err, out)
+	}
+	if resp, err := http.Get(first.url + "/api/health"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the first server after the second's attempt: %v", err)
 	}
 }

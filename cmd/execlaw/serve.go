@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -11,14 +12,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/execlaw/execlaw/internal/api"
+	"github.com/execlaw/execlaw/internal/egress"
 	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/mail"
@@ -48,7 +52,19 @@ type serveConfig struct {
 	Image         string
 	MaxSteps      int
 	LLMRetries    int
-	LogLevel      string
+	// MaxEventLogMiB bounds one session's event log.
+	MaxEventLogMiB int
+	// DiskSize is each VM's writable disk, MinFreeDisk the data directory's
+	// free-space floor, in bytes.
+	DiskSize, MinFreeDisk uint64
+	LogLevel              string
+
+	// VM networking: the address pool this server claims a block of, and
+	// ranges carved out of (GuestAllow) or added to (GuestDeny) what
+	// guests may not reach.
+	NetPool    string
+	GuestAllow string
+	GuestDeny  string
 
 	// E-mail: SMTP, or exe.dev's gateway on exe.dev.
 	SMTPAddr     string
@@ -63,6 +79,23 @@ type serveConfig struct {
 	ExeDevAPI     string
 	// MetricsListen serves /metrics on an address of its own.
 	MetricsListen string
+	// ModelHosts is the outbound policy for what the server fetches on a
+	// user's behalf (--model-hosts); empty: by --auth (modelPolicy).
+	ModelHosts string
+	// AllowedHosts are Host names served besides the derived ones;
+	// TrustedProxy the peers whose X-ExeDev-* headers count (exedev mode);
+	// TLSCert and TLSKey turn on HTTPS.
+	AllowedHosts string
+	TrustedProxy string
+	TLSCert      string
+	TLSKey       string
+
+	// The VMs' resource walls: sessions per user, committed memory's
+	// overcommit ratio, per-VM cgroups (auto, on, off) and CPU cap.
+	MaxSessionsPerUser int
+	MemoryOvercommit   float64
+	VMCgroups          string
+	VMCPUQuota         float64
 }
 
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
@@ -83,17 +116,27 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
 	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
 	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
+	diskSize := fs.String("disk-size", env("EXECLAW_DISK_SIZE", "8G"), "size of each VM session's writable disk (sparse): 512M, 8G... (EXECLAW_DISK_SIZE)")
+	minFree := fs.String("min-free-disk", env("EXECLAW_MIN_FREE_DISK", "2G"), "free space the data directory's disk keeps: below it new sessions are refused and the session using the most disk is ended; 0 for no floor (EXECLAW_MIN_FREE_DISK)")
 	fs.StringVar(&c.SMTPAddr, "smtp-addr", env("EXECLAW_SMTP_ADDR", ""), "SMTP server host:port for mailing transcripts; empty: no SMTP (EXECLAW_SMTP_ADDR)")
 	fs.StringVar(&c.SMTPTLS, "smtp-tls", env("EXECLAW_SMTP_TLS", mail.TLSStartTLS), "SMTP encryption: none, starttls or tls (EXECLAW_SMTP_TLS)")
 	fs.StringVar(&c.SMTPUser, "smtp-user", env("EXECLAW_SMTP_USER", ""), "SMTP user; empty: no authentication (EXECLAW_SMTP_USER)")
 	fs.StringVar(&c.SMTPPassword, "smtp-password", env("EXECLAW_SMTP_PASSWORD", ""), "SMTP password; prefer the environment variable, a flag shows in ps (EXECLAW_SMTP_PASSWORD)")
 	fs.StringVar(&c.SMTPFrom, "smtp-from", env("EXECLAW_SMTP_FROM", ""), "sender address of mailed transcripts (EXECLAW_SMTP_FROM)")
 	fs.StringVar(&c.EmailAllow, "email-allow", env("EXECLAW_EMAIL_ALLOW", ""), "comma-separated addresses and @domains transcripts may be mailed to, besides the user's own (EXECLAW_EMAIL_ALLOW)")
+	fs.StringVar(&c.ModelHosts, "model-hosts", env("EXECLAW_MODEL_HOSTS", ""), "where model lists, model calls and the credential proxy may connect: public, loopback (public and this host) or private (also private networks), plus comma-separated addresses, CIDRs, host:port or host names; default loopback, public with --auth exedev (EXECLAW_MODEL_HOSTS)")
 	c.ExeDev = env("EXECLAW_EXEDEV", "auto")
 	fs.Var((*exeDevFlag)(&c.ExeDev), "exedev", "running on exe.dev: auto (host name ends in .exe.xyz), true or false (EXECLAW_EXEDEV)")
 	fs.StringVar(&c.ExeDevGateway, "exedev-gateway", env("EXECLAW_EXEDEV_GATEWAY", ""), "base address of exe.dev's e-mail gateway (default "+mail.DefaultGateway+" on exe.dev) (EXECLAW_EXEDEV_GATEWAY)")
 	fs.StringVar(&c.ExeDevAPI, "exedev-api", env("EXECLAW_EXEDEV_API", ""), "exe.dev API base URL for new VMs (default "+api.DefaultExeDevAPI+"; setting it offers the feature off exe.dev too) (EXECLAW_EXEDEV_API)")
+	fs.StringVar(&c.NetPool, "net-pool", env("EXECLAW_NET_POOL", network.DefaultPool.String()), "IPv4 range VM session addresses come from; each server on the host claims a /20 of it (EXECLAW_NET_POOL)")
+	fs.StringVar(&c.GuestAllow, "guest-allow", env("EXECLAW_GUEST_ALLOW", ""), "comma-separated IPv4 ranges guests may reach although private (a LAN mirror); never the host, metadata or other sessions (EXECLAW_GUEST_ALLOW)")
+	fs.StringVar(&c.GuestDeny, "guest-deny", env("EXECLAW_GUEST_DENY", ""), "comma-separated IPv4 ranges guests may not reach, besides the private ones (EXECLAW_GUEST_DENY)")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", env("EXECLAW_METRICS_LISTEN", ""), "serve /metrics on this address instead of the main one; no authentication when it is loopback (EXECLAW_METRICS_LISTEN)")
+	fs.StringVar(&c.AllowedHosts, "allowed-hosts", env("EXECLAW_ALLOWED_HOSTS", ""), "comma-separated host names, IP addresses and *.domains the server answers to, besides loopback names and those derived from --listen; others get 421 (EXECLAW_ALLOWED_HOSTS)")
+	fs.StringVar(&c.TrustedProxy, "trusted-proxy", env("EXECLAW_TRUSTED_PROXY", ""), "--auth exedev: comma-separated addresses or CIDR prefixes of the exe.dev proxy, whose X-ExeDev-* headers are believed besides loopback peers' (EXECLAW_TRUSTED_PROXY)")
+	fs.StringVar(&c.TLSCert, "tls-cert", env("EXECLAW_TLS_CERT", ""), "PEM certificate (chain) file: serve HTTPS; needs --tls-key (EXECLAW_TLS_CERT)")
+	fs.StringVar(&c.TLSKey, "tls-key", env("EXECLAW_TLS_KEY", ""), "PEM private key file for --tls-cert (EXECLAW_TLS_KEY)")
 	intFlag := func(p *int, name, envName string, def int, help string) error {
 		v, err := strconv.Atoi(env(envName, strconv.Itoa(def)))
 		if err != nil {
@@ -108,7 +151,9 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		def                 int
 	}{
 		{&c.MaxSessions, "max-sessions", "EXECLAW_MAX_SESSIONS", "sessions that may run at once", 10},
+		{&c.MaxSessionsPerUser, "max-sessions-per-user", "EXECLAW_MAX_SESSIONS_PER_USER", "sessions one user may run at once; 0: half of --max-sessions (at least 1) with --auth exedev, all of them otherwise", 0},
 		{&c.MaxSteps, "max-steps", "EXECLAW_MAX_STEPS", "model calls per turn before the agent stops", 50},
+		{&c.MaxEventLogMiB, "max-event-log-mib", "EXECLAW_MAX_EVENT_LOG_MIB", "MiB of events one session's log may hold; a turn that reaches it is ended", session.DefaultEventLogQuota >> 20},
 		{&c.LLMRetries, "llm-retries", "EXECLAW_LLM_RETRIES", "retries of a failed model call (429, 5xx, network)", 2},
 	} {
 		if err := intFlag(f.p, f.name, f.envName, f.def, f.help); err != nil {
@@ -120,11 +165,29 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("EXECLAW_MEMORY_LIMIT_PERCENT: not a number")
 	}
 	fs.Float64Var(&c.MemoryPercent, "memory-limit-percent", mem, "refuse new sessions past this share of host memory (EXECLAW_MEMORY_LIMIT_PERCENT)")
+	for _, f := range []struct {
+		p                   *float64
+		name, envName, help string
+		def                 string
+	}{
+		{&c.MemoryOvercommit, "memory-overcommit", "EXECLAW_MEMORY_OVERCOMMIT", "how far the memory running VMs may use (guest plus VMM, touched or not) may exceed --memory-limit-percent of host memory; 1: not at all", "1"},
+		{&c.VMCPUQuota, "vm-cpu-quota", "EXECLAW_VM_CPU_QUOTA", "cap each VMM's CPU time at this share of its vCPUs (0.5: half); 0: no cap", "0"},
+	} {
+		v, err := strconv.ParseFloat(env(f.envName, f.def), 64)
+		if err != nil {
+			return c, fmt.Errorf("%s: not a number", f.envName)
+		}
+		fs.Float64Var(f.p, f.name, v, f.help+" ("+f.envName+")")
+	}
+	fs.StringVar(&c.VMCgroups, "vm-cgroups", env("EXECLAW_VM_CGROUPS", cgroupsAuto), "a cgroup per VMM with memory, pids, CPU and IO limits: auto (when the host allows), on (required), off (EXECLAW_VM_CGROUPS)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if err := checkResourceFlags(c); err != nil {
+		return c, err
 	}
 	switch {
 	case c.Auth != api.AuthNone && c.Auth != api.AuthToken && c.Auth != api.AuthExeDev:
@@ -135,6 +198,12 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, errors.New("--memory-limit-percent must be in (0, 100]")
 	case c.MaxSteps < 1:
 		return c, errors.New("--max-steps must be at least 1")
+	case !parseSizeInto(&c.DiskSize, *diskSize) || c.DiskSize < 256<<20 || c.DiskSize > 16<<40:
+		return c, fmt.Errorf("--disk-size must be a size from 256M to 16T, not %q", *diskSize)
+	case !parseSizeInto(&c.MinFreeDisk, *minFree):
+		return c, fmt.Errorf("--min-free-disk must be a size such as 2G or 0, not %q", *minFree)
+	case c.MaxEventLogMiB < 1 || c.MaxEventLogMiB > 1<<20:
+		return c, errors.New("--max-event-log-mib must be between 1 and 1048576")
 	case c.LLMRetries < 0 || c.LLMRetries > 10:
 		return c, errors.New("--llm-retries must be between 0 and 10")
 	case c.ExeDev != "auto" && c.ExeDev != "true" && c.ExeDev != "false":
@@ -150,6 +219,12 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if _, err := mail.ParsePolicy(c.EmailAllow); err != nil {
 		return c, err
 	}
+	if _, err := modelPolicy(c); err != nil {
+		return c, err
+	}
+	if _, err := guestNetConfig(c); err != nil {
+		return c, err
+	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			return c, fmt.Errorf("--metrics-listen must be host:port: %v", err)
@@ -158,7 +233,118 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 			return c, fmt.Errorf("--metrics-listen: %w", err)
 		}
 	}
-	return c, api.CheckListen(c.Auth, c.Listen)
+	if err := api.CheckListen(c.Auth, c.Listen); err != nil {
+		return c, err
+	}
+	return c, checkHardening(c)
+}
+
+// checkHardening checks the settings that keep the server from being
+// reached or used by the wrong people.
+func checkHardening(c serveConfig) error {
+	if c.Auth == api.AuthToken && c.Token != "" && utf8.RuneCountInString(c.Token) < api.MinTokenLen {
+		return fmt.Errorf("--token (EXECLAW_TOKEN) must be at least %d characters, not %d: a short token can be guessed; leave it empty to have one generated",
+			api.MinTokenLen, utf8.RuneCountInString(c.Token))
+	}
+	proxies, err := api.ParseTrustedProxies(c.TrustedProxy)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxy (EXECLAW_TRUSTED_PROXY): %w", err)
+	}
+	if len(proxies) > 0 && c.Auth != api.AuthExeDev {
+		return errors.New("--trusted-proxy (EXECLAW_TRUSTED_PROXY) only applies to --auth exedev")
+	}
+	if c.Auth == api.AuthExeDev {
+		if err := api.CheckExeDev(c.Listen, proxies); err != nil {
+			return err
+		}
+	}
+	hosts, err := api.ParseHostList(c.AllowedHosts)
+	if err != nil {
+		return fmt.Errorf("--allowed-hosts (EXECLAW_ALLOWED_HOSTS): %w", err)
+	}
+	if _, err := api.NewHostPolicy(c.Auth, hosts); err != nil {
+		return fmt.Errorf("--allowed-hosts (EXECLAW_ALLOWED_HOSTS): %w", err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key (EXECLAW_TLS_CERT, EXECLAW_TLS_KEY) go together: give both or neither")
+	}
+	return nil
+}
+
+// loadTLS reads the HTTPS certificate and key, when given.
+func loadTLS(certFile, keyFile string) (*tls.Config, error) {
+	if certFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// allowedHosts is the Host policy: what --listen, --metrics-listen, the
+// machine's names and addresses and exe.dev give, plus --allowed-hosts.
+func allowedHosts(c serveConfig, isExeDev bool) (*api.HostPolicy, error) {
+	name, _ := os.Hostname()
+	var addrs []netip.Addr
+	if ifs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range ifs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				addrs = append(addrs, p.Addr())
+			}
+		}
+	}
+	listens := []string{c.Listen}
+	if c.MetricsListen != "" {
+		listens = append(listens, c.MetricsListen)
+	}
+	hosts := api.DefaultAllowedHosts(api.HostDefaults{Mode: c.Auth, Listens: listens, ExeDev: isExeDev, Hostname: name, Addrs: addrs})
+	extra, err := api.ParseHostList(c.AllowedHosts)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewHostPolicy(c.Auth, append(hosts, extra...))
+}
+
+// guestNetConfig is the VM network part of the settings: --net-pool,
+// --guest-allow and --guest-deny, checked.
+func guestNetConfig(c serveConfig) (network.Config, error) {
+	var nc network.Config
+	pool, err := netip.ParsePrefix(strings.TrimSpace(c.NetPool))
+	if err != nil || !pool.Addr().Is4() {
+		return nc, fmt.Errorf("--net-pool (EXECLAW_NET_POOL) must be an IPv4 CIDR range, not %q", c.NetPool)
+	}
+	nc.Pool = pool
+	if nc.AllowForward, err = network.ParsePrefixes(c.GuestAllow); err != nil {
+		return nc, fmt.Errorf("--guest-allow (EXECLAW_GUEST_ALLOW): %w", err)
+	}
+	if nc.DenyForward, err = network.ParsePrefixes(c.GuestDeny); err != nil {
+		return nc, fmt.Errorf("--guest-deny (EXECLAW_GUEST_DENY): %w", err)
+	}
+	if err := nc.Validate(); err != nil {
+		return nc, fmt.Errorf("--net-pool/--guest-allow/--guest-deny: %w", err)
+	}
+	return nc, nil
+}
+
+// modelPolicy is the outbound policy of model lists, model calls and the
+// credential proxy: --model-hosts, by default loopback (public addresses and
+// this host: a single user's local model server works) and public with
+// --auth exedev, where many users share the host.
+func modelPolicy(c serveConfig) (*egress.Policy, error) {
+	spec := c.ModelHosts
+	if strings.TrimSpace(spec) == "" {
+		spec = egress.LevelLoopback
+		if c.Auth == api.AuthExeDev {
+			spec = egress.LevelPublic
+		}
+	}
+	p, err := egress.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("--model-hosts (EXECLAW_MODEL_HOSTS): %w", err)
+	}
+	return p, nil
 }
 
 // exeDevFlag is --exedev: a bool flag (--exedev alone means true) that also
@@ -232,6 +418,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	tlsConfig, err := loadTLS(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return err
+	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return err
@@ -239,27 +429,50 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	unlock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if cfg.Auth == api.AuthToken && cfg.Token == "" {
 		if cfg.Token, err = loadOrCreateToken(filepath.Join(dataDir, "token")); err != nil {
 			return err
 		}
 	}
 
-	hostNet := vm.NewHostNetwork(network.Config{Logger: log})
+	// VM networking is named for this server instance (its data
+	// directory), so servers with different data directories share a host.
+	netCfg, err := guestNetConfig(cfg)
+	if err != nil {
+		return err
+	}
+	netCfg.Instance, netCfg.Owner, netCfg.Logger = network.InstanceID(dataDir), dataDir, log
+	hostNet := vm.NewHostNetwork(netCfg)
 	defer func() {
 		if err := hostNet.Close(); err != nil {
 			log.Error("remove VM networking", "err", err)
 		}
 	}()
+	// Each VMM's cgroup and OOM score, named for this instance too.
+	resources, closeCgroups, err := vmResources(cfg, dataDir, log)
+	if err != nil {
+		return err
+	}
+	defer closeCgroups()
 	driver, report, err := detect.Choose(ctx, detect.Options{
 		Requested: cfg.Sandbox, DataDir: dataDir, ImageName: cfg.Image, GuestBin: cfg.GuestBin,
-		Getenv: getenv, Logger: log, Network: hostNet, Firecracker: firecrackerDriver(log, hostNet),
+		Getenv: getenv, Logger: log, Network: hostNet, Firecracker: firecrackerDriver(log, hostNet, resources),
+		Resources: resources,
 	})
 	if err != nil {
 		return err
 	}
+	ownOOMScore(driver.Isolated(), log)
 	reason := report.Reason
 	log.Info("sandbox driver chosen", "driver", driver.Name(), "isolated", driver.Isolated(), "why", reason)
+	if cfg.Auth == api.AuthExeDev && !driver.Isolated() {
+		return fmt.Errorf("--auth exedev serves every exe.dev user who can reach the proxy, and the %s sandbox is not an isolation boundary (agents would run as this server's user, next to each other's files): use --sandbox qemu or firecracker (see execlaw doctor), or --auth token for a single user", driver.Name())
+	}
 	if driver.Isolated() {
 		// Set up VM networking now, and clear what a crashed run left.
 		if err := hostNet.Init(ctx); err != nil {
@@ -275,6 +488,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	isExeDev, why := detectExeDev(cfg.ExeDev, os.Hostname)
 	log.Info("platform", "exedev", isExeDev, "why", why)
+	hosts, err := allowedHosts(cfg, isExeDev)
+	if err != nil {
+		return fmt.Errorf("--allowed-hosts: %w", err)
+	}
+	log.Info("allowed hosts", "hosts", hosts.String())
+	proxies, err := api.ParseTrustedProxies(cfg.TrustedProxy)
+	if err != nil {
+		return err
+	}
 	sender, err := mailSender(cfg, isExeDev)
 	if err != nil {
 		return fmt.Errorf("e-mail: %w", err)
@@ -293,11 +515,21 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("agents offered", "agents", agents.Names())
 
+	policy, err := modelPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	llmClient := llm.HTTPClient(policy)
+	log.Info("outbound policy for model endpoints", "model-hosts", policy.String())
+
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
 		Agents:  agents,
 		DataDir: dataDir, MaxSessions: cfg.MaxSessions, MemoryLimitPercent: cfg.MemoryPercent,
-		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met,
+		MaxSessionsPerUser: perUserSessions(cfg), MemoryOvercommit: cfg.MemoryOvercommit,
+		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met, LLMClient: llmClient,
+		EventLogQuota: int64(cfg.MaxEventLogMiB) << 20,
+		DiskMiB:       int(cfg.DiskSize >> 20), MinFreeDisk: cfg.MinFreeDisk,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sessions: %w", err)
@@ -306,8 +538,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	mgr.Start()
 
 	srv := api.NewServer(api.Options{
-		Logger: log, Auth: api.Auth{Mode: cfg.Auth, Token: cfg.Token}, Sessions: mgr, Store: st,
-		Models: &llm.Lister{},
+		Logger: log, Auth: api.Auth{Mode: cfg.Auth, Token: cfg.Token, TrustedProxies: proxies}, Sessions: mgr, Store: st,
+		Models: &llm.Lister{Client: llmClient},
 		Platform: api.Platform{
 			IsExeDev: isExeDev,
 			Sandbox:  driver.Name(), Isolated: driver.Isolated(), SandboxReason: reason, Version: version.String(),
@@ -316,7 +548,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Assets:  web.Assets,
 		Email:   api.EmailOptions{Sender: sender, Allow: allow},
 		ExeDev:  api.ExeDevOptions{Enabled: isExeDev || cfg.ExeDevAPI != "", APIURL: cfg.ExeDevAPI},
-		Metrics: met, MetricsElsewhere: cfg.MetricsListen != "",
+		Metrics: met, MetricsElsewhere: cfg.MetricsListen != "", AllowedHosts: hosts,
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -333,23 +565,40 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		open := api.IsLoopbackListen(cfg.MetricsListen)
 		metricsServer = &http.Server{
-			Handler: srv.MetricsHandler(open), ReadHeaderTimeout: 10 * time.Second,
+			Handler:  srv.MetricsHandler(open),
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
+		api.Timeouts{}.Configure(metricsServer)
+		scheme := "http"
+		if tlsConfig != nil && !open {
+			metricsServer.TLSConfig = tlsConfig.Clone()
+			mln, scheme = tls.NewListener(mln, metricsServer.TLSConfig), "https"
+		}
 		go func() { _ = metricsServer.Serve(mln) }()
-		log.Info("metrics", "url", "http://"+mln.Addr().String()+"/metrics", "authentication", !open)
+		log.Info("metrics", "url", scheme+"://"+mln.Addr().String()+"/metrics", "authentication", !open)
 	}
 	httpServer := &http.Server{
-		Handler:           srv,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Handler:   srv,
+		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig: tlsConfig,
 	}
+	api.Timeouts{}.Configure(httpServer)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpServer.Serve(ln) }()
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+		go func() { serveErr <- httpServer.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- httpServer.Serve(ln) }()
+	}
 
-	url := "http://" + ln.Addr().String()
+	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "ExeClaw %s is listening on %s (sandbox: %s)\n", version.Version, url, driver.Name())
+	if cfg.Auth == api.AuthToken && tlsConfig == nil && !isExeDev && !api.IsLoopbackListen(cfg.Listen) {
+		const plain = "the token and login cookies cross the network in clear text: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front and listen on loopback"
+		fmt.Fprintf(stdout, "WARNING: listening on %s without TLS: %s.\n", cfg.Listen, plain)
+		log.Warn("listening beyond loopback without TLS", "listen", cfg.Listen, "why", plain)
+	}
 	if cfg.Auth == api.AuthToken {
 		fmt.Fprintf(stdout, "Access token: %s\n", cfg.Token)
 	}
@@ -383,6 +632,9 @@ func loadOrCreateToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if t := strings.TrimSpace(string(b)); t != "" {
+			if utf8.RuneCountInString(t) < api.MinTokenLen {
+				return "", fmt.Errorf("the token in %s is shorter than %d characters, which can be guessed: put a longer one there, or delete the file to have one generated", path, api.MinTokenLen)
+			}
 			return t, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -401,9 +653,9 @@ func loadOrCreateToken(path string) (string, error) {
 
 // firecrackerDriver builds the firecracker driver once detection has found
 // its binary and a KVM that runs guests.
-func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider) func(string, image.Boot) (sandbox.Driver, error) {
+func firecrackerDriver(log *slog.Logger, net vm.NetworkProvider, res vm.Resources) func(string, image.Boot) (sandbox.Driver, error) {
 	return func(bin string, img image.Boot) (sandbox.Driver, error) {
-		return firecracker.New(firecracker.Config{Binary: bin, Image: img, Logger: log, Network: net})
+		return firecracker.New(firecracker.Config{Binary: bin, Image: img, Logger: log, Network: net, Resources: res})
 	}
 }
 
@@ -413,4 +665,32 @@ func sandboxChecks(r detect.Report) []api.SandboxCheck {
 		out[i] = api.SandboxCheck{Check: f.Check, OK: f.OK, Detail: f.Detail}
 	}
 	return out
+}
+
+// parseSizeInto reads a size such as 512M, 8G, 1T or 0 (a bare number is
+// bytes) into dst; false when it is not one.
+func parseSizeInto(dst *uint64, s string) bool {
+	s = strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "IB"), "B")
+	shift := 0
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'K':
+			shift = 10
+		case 'M':
+			shift = 20
+		case 'G':
+			shift = 30
+		case 'T':
+			shift = 40
+		}
+	}
+	if shift > 0 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > (1<<63)>>shift {
+		return false
+	}
+	*dst = n << shift
+	return true
 }

@@ -104,15 +104,19 @@ func (s *Server) idleRecipient(user session.User) string {
 	return s.email.Allow.Owner()
 }
 
+// maxMailTranscript bounds the Markdown of a mailed transcript (mail
+// servers refuse large messages; the download has no such bound).
+const maxMailTranscript = 4 << 20
+
 // transcriptMail composes the mail of a session's transcript: Markdown as
 // the text part, the same rendered as safe HTML as the alternative.
 func (s *Server) transcriptMail(ctx context.Context, user session.User, view session.View, to string) (mail.Message, error) {
-	h, events, err := s.transcriptOf(ctx, user, view)
+	h, events := transcriptHeader(view), s.eventsOf(ctx, user, view.ID)
+	text, _, err := transcript.Bounded(h, events, maxMailTranscript)
 	if err != nil {
 		return mail.Message{}, err
 	}
-	text := transcript.Markdown(h, events)
-	html, err := transcript.HTML(h, events)
+	html, err := transcript.HTML(h, events, maxMailTranscript)
 	if err != nil {
 		return mail.Message{}, err
 	}

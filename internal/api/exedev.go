@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/execlaw/execlaw/internal/egress"
 	"github.com/execlaw/execlaw/internal/session"
 	"github.com/execlaw/execlaw/internal/transcript"
 )
@@ -70,11 +73,13 @@ func (s *Server) handleExeDevNew(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		h, events, err := s.transcriptOf(r.Context(), userFrom(r.Context()), view)
+		// More than exe.dev takes (exeDevNewCommand cuts it, and says so),
+		// but never the whole of a long log.
+		md, _, err := transcript.Bounded(transcriptHeader(view), s.eventsOf(r.Context(), userFrom(r.Context()), view.ID), 4*MaxExeDevCommand)
 		if err != nil {
 			return err
 		}
-		prompt = handoffPrompt(prompt, view.Name, transcript.Markdown(h, events))
+		prompt = handoffPrompt(prompt, view.Name, md)
 	}
 	command, cut := exeDevNewCommand(req.VMName, prompt)
 
@@ -166,8 +171,17 @@ func (s *Server) exeDevExec(ctx context.Context, token, command, vm string) (str
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "text/plain; charset=utf-8")
 	req.Header.Set("Accept", "application/json")
+	transport := s.exedev.Transport
+	if transport == nil {
+		t, err := exeDevTransport(s.exedev.APIURL)
+		if err != nil {
+			return "", err
+		}
+		defer t.CloseIdleConnections()
+		transport = t
+	}
 	client := &http.Client{
-		Transport: s.exedev.Transport,
+		Transport: transport,
 		// A redirect would carry the token somewhere else.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -215,6 +229,25 @@ func (s *Server) exeDevExec(ctx context.Context, token, command, vm string) (str
 		s.log.Warn("exe.dev failed", "status", code, "said", said)
 		return "", errorf(http.StatusBadGateway, "exe.dev failed (HTTP %d): %s", code, said)
 	}
+}
+
+// exeDevTransport is the transport to exe.dev's API: public addresses, and
+// the configured API's host and port whatever they are (--exedev-api is the
+// operator's), through no proxy from the environment.
+func exeDevTransport(apiURL string) (*egress.Transport, error) {
+	u, err := url.Parse(apiURL)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("exe.dev API address %q is not a URL", apiURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	p, err := egress.PublicOnly().With(net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return nil, fmt.Errorf("exe.dev API address %q: %w", apiURL, err)
+	}
+	return egress.NewTransport(p), nil
 }
 
 // exeDevMessage is the human part of an exe.dev answer: its JSON "error",

@@ -44,19 +44,24 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	var ve *session.ValidationError
 	var le *session.LimitError
+	var ule *session.UserLimitError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &he):
 		status, msg = he.status, he.msg
 	case errors.As(err, &ve):
 		status, msg = http.StatusBadRequest, ve.Error()
+	case errors.As(err, &ule):
+		// One user's own limit (--max-sessions-per-user): theirs to wait
+		// out, unlike a full server.
+		status, msg = http.StatusTooManyRequests, ule.Error()
 	case errors.As(err, &le):
 		status, msg = http.StatusServiceUnavailable, le.Error()
 	case errors.As(err, &mbe):
 		status, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)
 	case errors.Is(err, session.ErrNotFound):
 		status, msg = http.StatusNotFound, "session not found"
-	case errors.Is(err, session.ErrBusy), errors.Is(err, session.ErrEnded):
+	case errors.Is(err, session.ErrBusy), errors.Is(err, session.ErrEnded), errors.Is(err, session.ErrLogFull):
 		status, msg = http.StatusConflict, err.Error()
 	case errors.Is(err, session.ErrClosing):
 		status, msg = http.StatusServiceUnavailable, err.Error()

@@ -49,7 +49,11 @@ func (s *Server) routes() http.Handler {
 	}))
 
 	protect := http.NewCrossOriginProtection()
-	return s.accessLog(securityHeaders(protect.Handler(mux)))
+	protect.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusForbidden, map[string]string{
+			"error": "cross-origin request refused: state-changing requests must come from this server's own pages (Sec-Fetch-Site / Origin)"})
+	}))
+	return s.accessLog(securityHeaders(s.hostCheck(protect.Handler(mux))))
 }
 
 // loginAssets serves what the login page loads to anyone, and everything else

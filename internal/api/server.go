@@ -57,6 +57,12 @@ type Server struct {
 	// metricsRoute serves /metrics on the API's own address (with its auth).
 	metricsRoute bool
 
+	hosts   *HostPolicy
+	limiter *failureLimiter
+	tokenFP string // fingerprint of the token logins are made under
+	// misdirectLog and untrustedLog throttle warnings a stranger can cause.
+	misdirectLog, untrustedLog logThrottle
+
 	// streams ends every open event stream when the server shuts down;
 	// http.Server.Shutdown would otherwise wait for them forever.
 	streams     context.Context
@@ -87,6 +93,11 @@ type Options struct {
 	// MetricsElsewhere: /metrics is served on its own listener (see
 	// Server.MetricsHandler), not here.
 	MetricsElsewhere bool
+	// AllowedHosts are the Host headers the server answers to, on every
+	// route and the metrics listener (others get 421). Nil: loopback names
+	// only. With auth none a policy naming anything else is replaced by
+	// that.
+	AllowedHosts *HostPolicy
 }
 
 // EmailOptions configure mailing transcripts.
@@ -118,7 +129,19 @@ func NewServer(o Options) *Server {
 		log: o.Logger, auth: o.Auth, sessions: o.Sessions, store: o.Store, models: o.Models,
 		platform: o.Platform, assets: o.Assets, streams: ctx, stopStreams: cancel, heartbeat: o.Heartbeat,
 		email: o.Email, exedev: o.ExeDev, metrics: o.Metrics, metricsRoute: o.Metrics != nil && !o.MetricsElsewhere,
+		hosts: o.AllowedHosts, limiter: newFailureLimiter(loginBurst, loginRefill, maxLimitedClients),
+		tokenFP: tokenFingerprint(o.Auth.Token),
 	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.hosts == nil || (s.auth.Mode == AuthNone && !s.hosts.LoopbackOnly()) {
+		if s.hosts != nil {
+			s.log.Error("auth none answers only to loopback names; allowed hosts ignored", "allowed", s.hosts.String())
+		}
+		s.hosts = defaultHostPolicy
+	}
+	s.sweepLogins()
 	if s.heartbeat <= 0 {
 		s.heartbeat = 15 * time.Second
 	}
@@ -230,7 +253,43 @@ func (s *Server) MetricsHandler(loopbackOnly bool) http.Handler {
 	mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "not found: %s (metrics are at /metrics)", r.URL.Path)
 	}))
-	return securityHeaders(mux)
+	return securityHeaders(s.hostCheck(mux))
+}
+
+// Timeouts bound how long a client may hold a connection. Zero fields take
+// the defaults.
+type Timeouts struct {
+	// ReadHeader bounds reading a request's headers (default 10s).
+	ReadHeader time.Duration
+	// Read bounds reading a whole request, body included (default 30s):
+	// a client sending its body slowly (to /login or anywhere) is cut off.
+	// It does not end event streams: net/http lifts the connection's read
+	// deadline once a request's body is read (for its background read), so
+	// a long response outlives it (TestSlowBodyCutStreamLives).
+	Read time.Duration
+	// Idle bounds a kept-alive connection between requests (default 2m).
+	Idle time.Duration
+	// MaxHeaderBytes bounds a request's headers (default 64 KiB).
+	MaxHeaderBytes int
+}
+
+// Configure sets hs's timeouts and header limit. The server sets no write
+// timeout: event streams set their own per-write deadlines, and a few
+// routes wait on others (exe.dev, mail) for up to a minute.
+func (t Timeouts) Configure(hs *http.Server) {
+	def := func(d, v time.Duration) time.Duration {
+		if d > 0 {
+			return d
+		}
+		return v
+	}
+	hs.ReadHeaderTimeout = def(t.ReadHeader, 10*time.Second)
+	hs.ReadTimeout = def(t.Read, 30*time.Second)
+	hs.IdleTimeout = def(t.Idle, 2*time.Minute)
+	hs.MaxHeaderBytes = t.MaxHeaderBytes
+	if hs.MaxHeaderBytes <= 0 {
+		hs.MaxHeaderBytes = 64 << 10
+	}
 }
 
 // IsLoopbackListen reports whether addr (host:port) only listens on a

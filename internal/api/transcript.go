@@ -1,7 +1,9 @@
 package api
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -34,30 +36,58 @@ func (s *Server) handleTranscript(w http.ResponseWriter, r *http.Request) error 
 	if format != "md" && format != "json" {
 		return errorf(http.StatusBadRequest, `format must be "md" or "json"`)
 	}
-	view, err := s.sessions.View(r.Context(), userFrom(r.Context()), id)
+	user := userFrom(r.Context())
+	view, err := s.sessions.View(r.Context(), user, id)
 	if err != nil {
 		return err
 	}
-	events, err := s.sessions.Events(r.Context(), userFrom(r.Context()), id, 0, 0)
-	if err != nil {
-		return err
-	}
+	// The log is read a page at a time and written as it is read: a long
+	// session's transcript never sits in memory whole. Once the answer has
+	// begun, a failure can only cut it short (and is logged).
+	events := s.eventsOf(r.Context(), user, id)
 	filename := unsafeFileChars.ReplaceAllString(view.Name, "-") + "-" + id + "." + format
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s"`, filename))
-
-	if format == "json" {
-		out := make([]transcriptEvent, 0, len(events))
-		for _, e := range events {
-			out = append(out, transcriptEvent{ID: e.Seq, Type: e.Type, Data: e.Data, Time: e.Time})
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"session": view, "events": out})
-		return nil
-	}
-	md := transcript.Markdown(transcriptHeader(view), events)
-	w.Header().Set("Content-Type", "text/markdown; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	_, err = w.Write([]byte(md))
-	return err
+	if format == "json" {
+		err = writeJSONTranscript(w, view, events)
+	} else {
+		w.Header().Set("Content-Type", "text/markdown; charset=utf-8")
+		err = transcript.Write(w, transcriptHeader(view), events)
+	}
+	if err != nil {
+		s.log.Warn("transcript download cut short", "session", id, "err", err)
+	}
+	return nil
+}
+
+// writeJSONTranscript writes {"session": view, "events": [...]} event by event.
+func writeJSONTranscript(w http.ResponseWriter, view session.View, events transcript.Events) error {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	head, err := json.Marshal(view)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 32<<10)
+	fmt.Fprintf(bw, `{"session":%s,"events":[`, head)
+	first := true
+	for e, err := range events {
+		if err != nil {
+			return err
+		}
+		line, err := json.Marshal(transcriptEvent{ID: e.Seq, Type: e.Type, Data: e.Data, Time: e.Time})
+		if err != nil {
+			return err
+		}
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		if _, err := bw.Write(line); err != nil {
+			return err
+		}
+	}
+	bw.WriteString("]}\n")
+	return bw.Flush()
 }
 
 func transcriptHeader(view session.View) transcript.Header {
@@ -67,11 +97,28 @@ func transcriptHeader(view session.View) transcript.Header {
 	}
 }
 
-// transcriptOf reads what a transcript of one of user's sessions is made of.
-func (s *Server) transcriptOf(ctx context.Context, user session.User, view session.View) (transcript.Header, []store.Event, error) {
-	events, err := s.sessions.Events(ctx, user, view.ID, 0, 0)
-	if err != nil {
-		return transcript.Header{}, nil, err
+// transcriptPage is how many events a transcript reads from the store at once.
+const transcriptPage = 512
+
+// eventsOf yields the events of one of user's sessions, a page at a time.
+func (s *Server) eventsOf(ctx context.Context, user session.User, id string) transcript.Events {
+	return func(yield func(store.Event, error) bool) {
+		var after int64
+		for {
+			page, err := s.sessions.Events(ctx, user, id, after, transcriptPage)
+			if err != nil {
+				yield(store.Event{}, err)
+				return
+			}
+			for _, e := range page {
+				if !yield(e, nil) {
+					return
+				}
+				after = e.Seq
+			}
+			if len(page) < transcriptPage {
+				return
+			}
+		}
 	}
-	return transcriptHeader(view), events, nil
 }

@@ -48,6 +48,10 @@ type Options struct {
 	Platform    api.Platform
 	// Driver replaces the default process driver (built from the test guest binary).
 	Driver sandbox.Driver
+	// LLMClient carries model calls and model lists (default
+	// llm.DefaultHTTPClient, whose outbound policy allows loopback, where
+	// the llmtest fakes run).
+	LLMClient *http.Client
 	// Agents are the kinds of agent sessions may use, the default first
 	// (default: the built-in agent alone).
 	Agents []agent.Kind
@@ -56,11 +60,27 @@ type Options struct {
 	ExeDev api.ExeDevOptions
 	// HookTimeout bounds the session manager's idle hook (default: its own).
 	HookTimeout time.Duration
+	// EventLogQuota bounds each session's event log (default: the manager's).
+	EventLogQuota int64
+	// MinFreeDisk and DiskCheckInterval set the disk floor (default none).
+	MinFreeDisk       uint64
+	DiskCheckInterval time.Duration
+	// DataDir replaces the test's temporary data directory.
+	DataDir string
 	// MetricsElsewhere leaves /metrics off the API's address.
 	MetricsElsewhere bool
 	// Log, when set, receives the server's log (debug level), for tests
 	// that check what is logged.
 	Log io.Writer
+	// AllowedHosts replaces the server's default (loopback names only).
+	AllowedHosts *api.HostPolicy
+	// Timeouts are the HTTP server's (zero fields: the real server's).
+	Timeouts api.Timeouts
+	// TLS serves HTTPS with httptest's certificate; Do and Stream trust it.
+	TLS bool
+	// MaxSessionsPerUser and MemoryOvercommit are the session manager's.
+	MaxSessionsPerUser int
+	MemoryOvercommit   float64
 }
 
 // Harness is one running server.
@@ -82,7 +102,10 @@ func New(t testing.TB, opts Options) *Harness {
 	if opts.Auth.Mode == "" {
 		opts.Auth = api.Auth{Mode: api.AuthToken, Token: "test-token"}
 	}
-	h := &Harness{T: t, DataDir: t.TempDir(), Opts: opts}
+	h := &Harness{T: t, DataDir: opts.DataDir, Opts: opts}
+	if h.DataDir == "" {
+		h.DataDir = t.TempDir()
+	}
 	h.Start()
 	t.Cleanup(h.Stop)
 	return h
@@ -127,8 +150,10 @@ func (h *Harness) Start() {
 	mgr := session.NewManager(session.Config{
 		Agents:  agents,
 		DataDir: h.DataDir, MaxSessions: h.Opts.MaxSessions, MemoryLimitPercent: h.Opts.MemPercent,
-		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second,
-		Observer: met, HookTimeout: h.Opts.HookTimeout,
+		MaxSessionsPerUser: h.Opts.MaxSessionsPerUser, MemoryOvercommit: h.Opts.MemoryOvercommit,
+		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second, LLMClient: h.Opts.LLMClient,
+		Observer: met, HookTimeout: h.Opts.HookTimeout, EventLogQuota: h.Opts.EventLogQuota,
+		MinFreeDisk: h.Opts.MinFreeDisk, DiskCheckInterval: h.Opts.DiskCheckInterval,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -141,11 +166,27 @@ func (h *Harness) Start() {
 		platform = api.Platform{Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: "test", Version: "test"}
 	}
 	h.Srv = api.NewServer(api.Options{
-		Logger: log, Auth: h.Opts.Auth, Sessions: mgr, Store: st, Models: &llm.Lister{},
+		Logger: log, Auth: h.Opts.Auth, Sessions: mgr, Store: st, Models: &llm.Lister{Client: h.Opts.LLMClient},
 		Platform: platform, Assets: web.Assets, Heartbeat: h.Opts.Heartbeat,
 		Email: h.Opts.Email, ExeDev: h.Opts.ExeDev, Metrics: met, MetricsElsewhere: h.Opts.MetricsElsewhere,
+		AllowedHosts: h.Opts.AllowedHosts,
 	})
-	h.TS = httptest.NewServer(h.Srv)
+	h.TS = httptest.NewUnstartedServer(h.Srv)
+	h.Opts.Timeouts.Configure(h.TS.Config)
+	if h.Opts.TLS {
+		h.TS.StartTLS()
+	} else {
+		h.TS.Start()
+	}
+}
+
+// Client is the HTTP client for this server (it trusts the test
+// certificate when the server serves HTTPS).
+func (h *Harness) Client() *http.Client {
+	if h.Opts.TLS {
+		return h.TS.Client()
+	}
+	return http.DefaultClient
 }
 
 // Stop shuts down like the real server: streams, HTTP, sessions, database.
@@ -237,7 +278,7 @@ func (h *Harness) Do(method, path string, body any, hdr http.Header) Response {
 	if body != nil && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.Client().Do(req)
 	if err != nil {
 		h.T.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -284,7 +325,7 @@ func (h *Harness) Stream(id, lastEventID string) *testutil.SSEStream {
 	if lastEventID != "" {
 		hdr.Set("Last-Event-ID", lastEventID)
 	}
-	return testutil.OpenSSE(h.T, http.DefaultClient, h.URL("/api/sessions/"+id+"/stream"), hdr)
+	return testutil.OpenSSE(h.T, h.Client(), h.URL("/api/sessions/"+id+"/stream"), hdr)
 }
 
 // Input sends a message to a session.

@@ -2,6 +2,7 @@ package credproxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -78,6 +79,41 @@ func forwardHeader(name string) bool {
 // errorBody is an error in the provider's shape, so that the agent's SDK
 // reports the proxy's refusals like the provider's own.
 func (d dialect) errorBody(status int, msg string) []byte {
+	return d.errorBodyOf(status, llm.APIError{Message: msg})
+}
+
+// errorAnswer is what the agent gets for an upstream error answer: the
+// provider's error shape with the upstream's JSON error message (cleaned,
+// bounded), type and code, the key scrubbed in case the provider echoes it;
+// for an answer without a JSON message only its status. The upstream is
+// whatever the session's base URL names, so its body itself is never
+// passed on. A redirect is not followed, by the agent either: its Location
+// goes. h is the header sent with the answer.
+func (p *Proxy) errorAnswer(status int, body []byte, h http.Header) []byte {
+	e, ok := llm.ParseError(body)
+	switch {
+	case status >= 300 && status < 400:
+		e = llm.APIError{Message: fmt.Sprintf("the endpoint redirected (HTTP %d); redirects are not followed", status)}
+		h.Del("Location")
+	case !ok || e.Message == llm.NoErrorMessage: // the latter from llm.HTTPClient
+		e = llm.APIError{Message: fmt.Sprintf("HTTP %d from the endpoint: %s", status, llm.NoErrorMessage)}
+	}
+	e.Message = p.key.Scrub(e.Message)
+	if p.key.Scrub(e.Type) != e.Type {
+		e.Type = ""
+	}
+	if p.key.Scrub(e.Code) != e.Code {
+		e.Code = ""
+	}
+	h.Del("Content-Encoding")
+	h.Set("Content-Type", "application/json")
+	return p.d.errorBodyOf(status, e)
+}
+
+// errorBodyOf is errorBody with the type and code e gives, where it gives
+// them.
+func (d dialect) errorBodyOf(status int, e llm.APIError) []byte {
+	msg := e.Message
 	var v any
 	if d.anthropic {
 		typ := "api_error"
@@ -93,13 +129,23 @@ func (d dialect) errorBody(status int, msg string) []byte {
 		case http.StatusRequestEntityTooLarge:
 			typ = "request_too_large"
 		}
+		if e.Type != "" {
+			typ = e.Type
+		}
 		v = map[string]any{"type": "error", "error": map[string]string{"type": typ, "message": msg}}
 	} else {
 		typ := "invalid_request_error"
 		if status >= 500 {
 			typ = "server_error"
 		}
-		v = map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}}
+		if e.Type != "" {
+			typ = e.Type
+		}
+		var code any
+		if e.Code != "" {
+			code = e.Code
+		}
+		v = map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}}
 	}
 	b, _ := json.Marshal(v)
 	return b

@@ -39,6 +39,9 @@ type Config struct {
 	// (x-api-key or Authorization: Bearer). Use NewToken.
 	Token string
 	// Client sends the upstream requests; nil means llm.DefaultHTTPClient.
+	// Its outbound policy decides where they may go: a session's client
+	// is llm.HTTPClient(the server's policy), so the base URL cannot reach
+	// what the policy refuses.
 	// The proxy uses a copy that never follows redirects (Go would resend
 	// x-api-key to another host) and carries no cookie jar.
 	Client *http.Client
@@ -71,6 +74,7 @@ type Proxy struct {
 	log     *slog.Logger
 
 	inflight inflight
+	conns    chan struct{} // one token per connection served (MaxConns)
 }
 
 // minTokenLen keeps a guessable token from being configured by mistake.
@@ -114,6 +118,7 @@ func New(cfg Config) (*Proxy, error) {
 		client:  &cc,
 		onUsage: cfg.OnUsage,
 		log:     log.With("provider", cfg.Provider),
+		conns:   make(chan struct{}, MaxConns),
 	}, nil
 }
 

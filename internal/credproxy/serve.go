@@ -2,7 +2,6 @@ package credproxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +28,9 @@ const (
 	lingerTimeout  = time.Second
 	lingerBytes    = 1 << 20
 	copyBufBytes   = 32 << 10
+	// MaxConns bounds the connections one proxy (one session) serves at
+	// once: the guest opens as many as it likes, the host holds this many.
+	MaxConns = 16
 )
 
 // ServeConn serves the HTTP/1.1 requests arriving on conn, one after
@@ -40,6 +42,13 @@ const (
 // a tunnel, and because the answer must be relayed exactly as it arrives.
 func (p *Proxy) ServeConn(conn net.Conn) {
 	defer conn.Close()
+	select {
+	case p.conns <- struct{}{}:
+		defer func() { <-p.conns }()
+	default:
+		p.refuse(conn, http.StatusServiceUnavailable, fmt.Sprintf("more than %d connections at once", MaxConns), false)
+		return
+	}
 	// The limit applies while a request head is read, so a head without end
 	// cannot grow the buffer; the body is bounded on its own.
 	lr := &io.LimitedReader{R: conn}
@@ -87,40 +96,52 @@ func (p *Proxy) serve(conn net.Conn, br *bufio.Reader, req *http.Request) bool {
 		// curl waits for this before sending a large body.
 		_, _ = io.WriteString(deadlineWriter{conn}, "HTTP/1.1 100 Continue\r\n\r\n")
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(bodyTimeout))
-	body, err := io.ReadAll(io.LimitReader(req.Body, maxBodyBytes+1))
-	if err != nil {
-		return false // the agent went away or stalled mid-body
-	}
-	if len(body) > maxBodyBytes {
-		p.refuse(conn, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", maxBodyBytes), false)
-		return false
-	}
-	_ = conn.SetReadDeadline(time.Time{})
 
 	p.inflight.begin()
 	defer p.inflight.end() // after OnUsage: Settle promises the usage is in
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stopWatch := watchClose(conn, br, cancel)
-	defer stopWatch()
+	// The body goes upstream as it arrives, never whole in memory. Once it
+	// has all been read, the connection is idle until the answer is
+	// relayed, and watched: an agent that leaves cancels the upstream call.
+	_ = conn.SetReadDeadline(time.Now().Add(bodyTimeout))
+	var watch watcher
+	body := newStreamedBody(req.Body, maxBodyBytes, func() {
+		_ = conn.SetReadDeadline(time.Time{})
+		watch.start(conn, br, cancel)
+	})
+	defer watch.stop()
 
 	up, err := p.upstreamRequest(ctx, req, upPath, body)
 	if err != nil {
 		p.log.Error("credproxy: building upstream request", "err", p.key.Scrub(err.Error()))
-		return p.refuse(conn, http.StatusBadGateway, "proxy could not build the upstream request", keep)
+		return p.refuse(conn, http.StatusBadGateway, "proxy could not build the upstream request", false)
 	}
 	resp, err := p.client.Do(up)
+	// The transport may still be sending the body after the answer's head
+	// (an upstream that answers early); the connection is read again only
+	// once it is done with it, and reused only if the body ended cleanly.
+	body.released(bodyTimeout)
+	switch {
+	case body.tooBig():
+		if resp != nil {
+			resp.Body.Close()
+		}
+		p.refuse(conn, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", maxBodyBytes), false)
+		return false
+	case !body.complete():
+		keep = false
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return false // the agent went away first
+		if ctx.Err() != nil || body.broken() {
+			return false // the agent went away first, or stalled mid-body
 		}
 		msg := p.key.Scrub(err.Error())
 		p.log.Warn("credproxy: upstream failed", "path", req.URL.Path, "err", msg)
 		return p.refuse(conn, http.StatusBadGateway, "upstream request failed: "+msg, keep)
 	}
 	usage, seen, ok := p.relay(ctx, conn, req, resp, &keep)
-	stopWatch()
+	watch.stop()
 	if seen && p.onUsage != nil {
 		p.onUsage(usage)
 	}
@@ -157,19 +178,22 @@ func (p *Proxy) check(req *http.Request) (upPath, reason string) {
 	return up, ""
 }
 
-func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, upPath string, body []byte) (*http.Request, error) {
+func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, upPath string, body *streamedBody) (*http.Request, error) {
 	u := p.base + upPath
 	if req.URL.RawQuery != "" {
 		u += "?" + req.URL.RawQuery // e.g. Claude Code's /v1/messages?beta=true
 	}
-	var rb io.Reader
-	if len(body) > 0 {
-		rb = bytes.NewReader(body)
+	var rb io.ReadCloser = body
+	if req.ContentLength == 0 {
+		rb = nil // no body, as the agent sent none (the transport then never reads it)
+		body.Close()
+		body.eof()
 	}
 	up, err := http.NewRequestWithContext(ctx, req.Method, u, rb)
 	if err != nil {
 		return nil, err
 	}
+	up.ContentLength = req.ContentLength // -1 (chunked) when the agent did not say
 	for k, vs := range req.Header {
 		if forwardHeader(k) {
 			up.Header[k] = vs
@@ -190,8 +214,8 @@ func (p *Proxy) relay(ctx context.Context, conn net.Conn, req *http.Request, res
 	bw := bufio.NewWriterSize(deadlineWriter{conn}, copyBufBytes+64)
 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		// Error answers are small: relayed whole, with the key scrubbed in
-		// case the provider echoes it.
+		// Error answers are small: read whole, and answered with at most
+		// their JSON error message (errorAnswer).
 		b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
 		if err != nil {
 			return u, false, false
@@ -199,7 +223,7 @@ func (p *Proxy) relay(ctx context.Context, conn net.Conn, req *http.Request, res
 		if len(b) > maxErrorBody {
 			b, *keep = b[:maxErrorBody], false
 		}
-		b = []byte(p.key.Scrub(string(b)))
+		b = p.errorAnswer(resp.StatusCode, b, h)
 		if !bodyAllowed(resp.StatusCode) {
 			b = nil
 		} else {
@@ -351,30 +375,44 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 	return w.c.Write(p)
 }
 
-// watchClose cancels the upstream request when the agent closes the
+// watcher cancels the upstream request when the agent closes the
 // connection before the answer is complete (it was killed, or gave up): the
 // provider would go on generating, and billing, an answer nobody reads. It
 // waits for a byte on the otherwise idle connection; stop ends the wait and
-// must be called before the connection is read again.
-func watchClose(conn net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
-	var stopping atomic.Bool
-	done := make(chan struct{})
+// must be called before the connection is read again. The zero value is
+// ready; start and stop may come from different goroutines.
+type watcher struct {
+	mu       sync.Mutex
+	stopping atomic.Bool
+	conn     net.Conn
+	done     chan struct{}
+}
+
+func (w *watcher) start(conn net.Conn, br *bufio.Reader, cancel context.CancelFunc) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done != nil || w.stopping.Load() {
+		return
+	}
+	w.conn, w.done = conn, make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(w.done)
 		// A byte (the next pipelined request) is left in br for later.
-		if _, err := br.Peek(1); err != nil && !stopping.Load() {
+		if _, err := br.Peek(1); err != nil && !w.stopping.Load() {
 			cancel()
 		}
 	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			stopping.Store(true)
-			_ = conn.SetReadDeadline(time.Unix(1, 0))
-			<-done
-			_ = conn.SetReadDeadline(time.Time{})
-		})
+}
+
+func (w *watcher) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopping.Swap(true) || w.done == nil {
+		return
 	}
+	_ = w.conn.SetReadDeadline(time.Unix(1, 0))
+	<-w.done
+	_ = w.conn.SetReadDeadline(time.Time{})
 }
 
 // clip bounds agent-supplied text in logs and messages.
@@ -384,3 +422,91 @@ func clip(s string) string {
 	}
 	return strings.ToValidUTF8(s, "?")
 }
+
+// streamedBody is the agent's request body as the upstream request reads
+// it: bounded to max bytes, and telling the proxy when it has been read to
+// the end (onEOF, once) and when the transport has let go of it (Close).
+type streamedBody struct {
+	r     io.Reader
+	left  int64 // bytes it may still give
+	onEOF func()
+
+	mu      sync.Mutex
+	ended   bool // read to the end
+	over    bool // the agent sent more than max
+	readErr bool // reading from the agent failed (it left, or stalled)
+	closeCh chan struct{}
+	closed  sync.Once
+	eofOnce sync.Once
+}
+
+var errBodyTooBig = errors.New("request body too large")
+
+func newStreamedBody(r io.Reader, max int64, onEOF func()) *streamedBody {
+	return &streamedBody{r: r, left: max, onEOF: onEOF, closeCh: make(chan struct{})}
+}
+
+func (b *streamedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// At the bound: one more byte means the body is too large.
+		var one [1]byte
+		if n, _ := b.r.Read(one[:]); n > 0 {
+			b.mu.Lock()
+			b.over = true
+			b.mu.Unlock()
+			return 0, errBodyTooBig
+		}
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.r.Read(p)
+	if int64(n) > b.left {
+		b.mu.Lock()
+		b.over = true
+		b.mu.Unlock()
+		return 0, errBodyTooBig
+	}
+	b.left -= int64(n)
+	switch {
+	case err == io.EOF:
+		b.eof()
+	case err != nil:
+		b.mu.Lock()
+		b.readErr = true
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// eof marks the body read to its end.
+func (b *streamedBody) eof() {
+	b.eofOnce.Do(func() {
+		b.mu.Lock()
+		b.ended = true
+		b.mu.Unlock()
+		if b.onEOF != nil {
+			b.onEOF()
+		}
+	})
+}
+
+// Close is the transport letting go of the body.
+func (b *streamedBody) Close() error {
+	b.closed.Do(func() { close(b.closeCh) })
+	return nil
+}
+
+// released waits, at most d, until the transport has let go of the body.
+func (b *streamedBody) released(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-b.closeCh:
+	case <-t.C:
+	}
+}
+
+func (b *streamedBody) tooBig() bool   { b.mu.Lock(); defer b.mu.Unlock(); return b.over }
+func (b *streamedBody) complete() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ended }
+func (b *streamedBody) broken() bool   { b.mu.Lock(); defer b.mu.Unlock(); return b.readErr }

@@ -37,6 +37,8 @@ type ServerConfig struct {
 	Reaper *Reaper
 	// Boot, when set, is reported in Health.
 	Boot *BootTimes
+	// Init, when set, serves PathInit (a VM's init sets it).
+	Init Initializer
 }
 
 // Server is the guest side of the control protocol.
@@ -48,6 +50,7 @@ type Server struct {
 	boot    *BootTimes
 	baseEnv []string
 	tunnels *tunnels
+	init    Initializer
 
 	mu      sync.Mutex
 	groups  map[int]struct{} // process groups started, until seen empty
@@ -78,6 +81,7 @@ func NewServer(cfg ServerConfig) *Server {
 		baseEnv: []string{"PATH=" + defaultPath, "HOME=" + home, "TERM=dumb", "LANG=C.UTF-8"},
 		groups:  make(map[int]struct{}),
 		tunnels: newTunnels(),
+		init:    cfg.Init,
 	}
 }
 
@@ -97,6 +101,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathList, s.handleList)
 	mux.HandleFunc("POST "+PathForward, s.handleForward)
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
+	mux.HandleFunc("POST "+PathInit, s.handleInit)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeInvalid, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

@@ -7,13 +7,17 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 
 	"charm.land/fantasy"
 	"charm.land/fantasy/providers/anthropic"
 	"charm.land/fantasy/providers/openai"
 	"charm.land/fantasy/providers/openaicompat"
 	"charm.land/fantasy/providers/openrouter"
+
+	"github.com/execlaw/execlaw/internal/egress"
 )
 
 // Provider names as the API spells them.
@@ -44,18 +48,73 @@ type Config struct {
 	APIKey   Secret
 	// BaseURL overrides the provider's endpoint; required for openai-compatible.
 	BaseURL string
-	// HTTPClient is used for every request; nil means a client with sane timeouts.
+	// HTTPClient is used for every request; nil means DefaultHTTPClient. A
+	// server passes HTTPClient(its policy).
 	HTTPClient *http.Client
 }
 
-// ValidateBaseURL checks a user-supplied base URL.
+// MaxBaseURLLen bounds a base URL.
+const MaxBaseURLLen = 2048
+
+// ValidateBaseURL checks a user-supplied base URL: an absolute http(s) URL
+// without user info, query or fragment (paths such as /models and
+// /chat/completions are appended to it, so a query would let the caller pick
+// the whole URL), at most MaxBaseURLLen bytes. Where it leads is checked by
+// CheckBaseURL and, for good, when a connection is made.
 func ValidateBaseURL(raw string) error {
+	if len(raw) > MaxBaseURLLen {
+		return fmt.Errorf("baseUrl must be at most %d bytes", MaxBaseURLLen)
+	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("baseUrl must be an absolute http(s) URL, got %q", raw)
 	}
 	if u.User != nil {
 		return fmt.Errorf("baseUrl must not carry credentials; pass the key as apiKey")
+	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(raw, "?#") {
+		return fmt.Errorf("baseUrl must not have a query (?) or fragment (#): the API's paths are appended to it")
+	}
+	return nil
+}
+
+// DefaultPolicy is the outbound policy of DefaultHTTPClient and of a Lister
+// without a client: public and loopback addresses, so a model server on this
+// host (Ollama, llama.cpp) works. A server passes its own (serve's
+// --model-hosts).
+func DefaultPolicy() *egress.Policy { return egress.PublicAndLoopback() }
+
+// CheckBaseURL is ValidateBaseURL plus an early look at where the URL leads:
+// its host is resolved and checked against the outbound policy of client
+// (nil: DefaultPolicy), so that a URL the policy refuses is refused when it
+// is given, with a clear message, rather than on the first model call. A
+// client without an egress policy is not checked; a name that does not
+// resolve now passes. The check when a connection is made is the one that
+// holds.
+func CheckBaseURL(ctx context.Context, client *http.Client, raw string) error {
+	if err := ValidateBaseURL(raw); err != nil {
+		return err
+	}
+	p := DefaultPolicy()
+	if client != nil {
+		p = egress.PolicyOf(client.Transport)
+	}
+	if p == nil {
+		return nil
+	}
+	u, _ := url.Parse(raw) // valid: checked above
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("baseUrl has an invalid port %q", port)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := p.CheckHost(ctx, u.Hostname(), uint16(n)); err != nil {
+		return fmt.Errorf("baseUrl %s: %w", u.Host, err)
 	}
 	return nil
 }
@@ -120,13 +179,23 @@ func NewModel(ctx context.Context, cfg Config) (fantasy.LanguageModel, error) {
 	return m, nil
 }
 
-// DefaultHTTPClient is the client for provider calls: no overall timeout (a
-// streamed answer may take minutes) but bounded connection set-up.
-func DefaultHTTPClient() *http.Client {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.ResponseHeaderTimeout = 0
-	return &http.Client{Transport: t}
+// HTTPClient is the client for provider calls under the outbound policy p
+// (nil: DefaultPolicy): connections only where p allows, checked on the
+// resolved address when they are made; no proxy from the environment; no
+// redirects (the request fails with an egress.RedirectError); error answers
+// cut down to their JSON error message (see errorGuard). No overall
+// timeout, since a streamed answer may take minutes, but bounded connection
+// set-up.
+func HTTPClient(p *egress.Policy) *http.Client {
+	if p == nil {
+		p = DefaultPolicy()
+	}
+	return &http.Client{Transport: errorGuard{next: egress.NewTransport(p)}, CheckRedirect: egress.NoRedirects}
 }
+
+// DefaultHTTPClient is HTTPClient(DefaultPolicy()): what model calls use
+// when no client is configured.
+func DefaultHTTPClient() *http.Client { return HTTPClient(nil) }
 
 // withBaseRewrite sends requests for from... to to... instead.
 func withBaseRewrite(c *http.Client, from, to string) *http.Client {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"charm.land/fantasy"
+
+	"github.com/execlaw/execlaw/internal/egress"
 )
 
 // RetryPolicy says how a failed model call is retried.
@@ -113,6 +115,13 @@ func (r retryModel) retryWait(ctx context.Context, err error, attempt int) (time
 
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	// The outbound policy refuses the same address every time, and an
+	// endpoint that redirects will redirect again.
+	var refused *egress.RefusedError
+	var redirect *egress.RedirectError
+	if errors.As(err, &refused) || errors.As(err, &redirect) {
 		return false
 	}
 	var pe *fantasy.ProviderError

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/execlaw/execlaw/internal/egress"
 )
 
 // DefaultGateway is exe.dev's metadata address, where a VM reaches the
@@ -43,12 +45,23 @@ func NewGateway(base string, timeout time.Duration) (*Gateway, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
+	// The gateway may be reached at exactly its configured address (on
+	// exe.dev the metadata address, which every other client refuses), and
+	// nothing else: no proxy, no redirects, no other address its name
+	// might lead to.
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	policy, err := egress.Only(net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return nil, fmt.Errorf("exe.dev gateway address %q: %w", base, err)
+	}
 	return &Gateway{
 		endpoint: strings.TrimRight(base, "/") + GatewayPath,
 		client: &http.Client{
-			Timeout: timeout,
-			// The metadata address is local to the VM: no proxy, no redirects.
-			Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext},
+			Timeout:   timeout,
+			Transport: egress.NewTransport(policy),
 			CheckRedirect: func(*http.Request, []*http.Request) error {
 				return http.ErrUseLastResponse
 			},

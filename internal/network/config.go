@@ -23,34 +23,87 @@ const DefaultNetNSPrefix = "execlaw-"
 var fallbackDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("8.8.8.8")}
 
 // Config configures a Manager. The zero value is usable: the real host
-// namespace, DefaultPool, DNS from /etc/resolv.conf.
+// namespace, DefaultPool, DNS from /etc/resolv.conf, DefaultDenyForward.
 type Config struct {
 	// HostNSPath is the namespace that plays "the host": where sessions'
 	// traffic is routed and masqueraded. Empty means the namespace of the
 	// calling process (the real host). Tests pass a namespace they created,
 	// so no test packet or rule touches the real host.
 	HostNSPath string
-	// Pool is the IPv4 range session addresses come from, one /29 per
-	// session (default 10.201.0.0/16, i.e. 8192 sessions). It must not
-	// overlap routes or addresses already on the host.
+	// Instance names every host resource this manager creates (session
+	// namespaces, host links, the nftables table, its claim on the pool),
+	// so several servers can share a host and each sweeps only its own:
+	// six lowercase hex digits, InstanceID(dataDir) for a server. Empty:
+	// derived from NetNSPrefix and HostNSPath.
+	Instance string
+	// Owner describes the instance to other servers and execlaw doctor
+	// (the data directory). Informational.
+	Owner string
+	// Pool is the IPv4 range session addresses come from (default
+	// 10.201.0.0/16). Each instance claims one /20 block of it (the whole
+	// pool if it is a /20 or smaller) and hands out a /29 per session
+	// from that block. It must not overlap routes or addresses already on
+	// the host: blocks that do are skipped.
 	Pool netip.Prefix
 	// DNS lists the resolvers guests are told to use. Default: the host's
 	// /etc/resolv.conf nameservers that a guest can actually reach (IPv4,
 	// not loopback, not link-local: 169.254/16 is blocked as metadata
 	// space, not one of the host's own addresses: guests may not talk to
-	// the host), else 1.1.1.1 and 8.8.8.8.
+	// the host), else systemd-resolved's upstream servers, else 1.1.1.1 and
+	// 8.8.8.8. Guests may reach these on port 53 (UDP and TCP) even when
+	// they lie in a denied range (a home router, a VPC resolver).
 	DNS []netip.Addr
-	// DenyForward lists extra destinations sessions may not reach, on top
-	// of the host itself, 169.254.0.0/16 and the pool: typically the
-	// private ranges of the VPC or LAN the host sits in.
+	// DenyForward lists destinations sessions may not reach on top of
+	// DefaultDenyForward (private, CGNAT and other non-internet ranges),
+	// AlwaysDenied, the host itself, other sessions and the pool.
 	DenyForward []netip.Prefix
-	// NetNSPrefix names session namespaces (default "execlaw-"). Sweep
-	// removes every namespace with this prefix; tests use a unique one so
-	// they cannot collide with a real server on the same machine.
+	// AllowForward lists ranges carved out of DefaultDenyForward and
+	// DenyForward (a LAN package mirror, say). It cannot open AlwaysDenied,
+	// the pool, other sessions or the host itself.
+	AllowForward []netip.Prefix
+	// NetNSPrefix names session namespaces (default "execlaw-"): each is
+	// <NetNSPrefix><Instance>-<session>. Sweep removes this instance's
+	// namespaces only; tests use a unique prefix so they cannot collide
+	// with a real server on the same machine.
 	NetNSPrefix string
 	// Logger receives setup/teardown events and best-effort cleanup
 	// failures; nil discards them.
 	Logger *slog.Logger
+}
+
+// Validate checks cfg the way New does, without touching the host: the
+// pool, the instance id, the namespace prefix, the allowed and denied ranges.
+func (c Config) Validate() error {
+	_, err := normalize(c)
+	return err
+}
+
+// normalize fills in defaults and validates cfg.
+func normalize(cfg Config) (Config, error) {
+	if !cfg.Pool.IsValid() {
+		cfg.Pool = DefaultPool
+	}
+	if _, err := newPool(cfg.Pool); err != nil {
+		return cfg, err
+	}
+	if cfg.NetNSPrefix == "" {
+		cfg.NetNSPrefix = DefaultNetNSPrefix
+	}
+	if err := validPrefixName(cfg.NetNSPrefix); err != nil {
+		return cfg, err
+	}
+	if cfg.Instance == "" {
+		sum := sha256.Sum256([]byte("execlaw-instance-default\x00" + cfg.NetNSPrefix + "\x00" + cfg.HostNSPath))
+		cfg.Instance = hex.EncodeToString(sum[:])[:instanceLen]
+	}
+	if err := validInstance(cfg.Instance); err != nil {
+		return cfg, err
+	}
+	// Validated here so that a bad range fails before anything is touched.
+	if _, err := newGuestPolicy(cfg.Pool, cfg.AllowForward, cfg.DenyForward, nil); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
 }
 
 // resolvConfDNS returns the nameservers in a resolv.conf that a guest can
@@ -78,14 +131,24 @@ func resolvConfDNS(r io.Reader) []netip.Addr {
 	return out
 }
 
-// resolvConfPath is a variable so tests can substitute a file.
-var resolvConfPath = "/etc/resolv.conf"
+// resolvConfPath and resolvedConfPath are variables so tests can
+// substitute files. The second is systemd-resolved's list of upstream
+// servers: where /etc/resolv.conf names only its 127.0.0.53 stub, the real
+// resolvers (often the home router or the VPC's) are there.
+var (
+	resolvConfPath   = "/etc/resolv.conf"
+	resolvedConfPath = "/run/systemd/resolve/resolv.conf"
+)
 
 func defaultDNS() []netip.Addr {
-	f, err := os.Open(resolvConfPath)
-	if err == nil {
-		defer f.Close()
-		if dns := resolvConfDNS(f); len(dns) > 0 {
+	for _, p := range []string{resolvConfPath, resolvedConfPath} {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		dns := resolvConfDNS(f)
+		f.Close()
+		if len(dns) > 0 {
 			return dns
 		}
 	}

@@ -60,9 +60,31 @@ const (
 
 type realHostState struct {
 	links      []string
-	table      bool
+	tables     []string
+	claims     []ClaimInfo
 	poolRoutes int
 	ipForward  string
+}
+
+// execlawTables lists the inet tables named execlaw or execlaw-* in a
+// namespace.
+func execlawTables(fd int) ([]string, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		return nil, err
+	}
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, t := range ts {
+		if t.Name == TableName || strings.HasPrefix(t.Name, TableName+"-") {
+			out = append(out, t.Name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 func snapshotRealHost() (realHostState, error) {
@@ -77,7 +99,7 @@ func snapshotRealHost() (realHostState, error) {
 		return s, err
 	}
 	defer h.Close()
-	if s.links, err = hostLinks(h); err != nil {
+	if s.links, err = hostLinks(h, ""); err != nil {
 		return s, err
 	}
 	rs, err := routesIn(h, DefaultPool)
@@ -85,7 +107,10 @@ func snapshotRealHost() (realHostState, error) {
 		return s, err
 	}
 	s.poolRoutes = len(rs)
-	if s.table, err = tableExists(fd); err != nil {
+	if s.tables, err = execlawTables(fd); err != nil {
+		return s, err
+	}
+	if err := inNSFd(fd, func() (err error) { s.claims, err = liveClaims(); return err }); err != nil {
 		return s, err
 	}
 	s.ipForward, err = readSysctl("net.ipv4.ip_forward")
@@ -112,7 +137,8 @@ func TestMain(m *testing.M) {
 		case err != nil:
 			fmt.Fprintln(os.Stderr, "snapshot of the real host namespace:", err)
 			code = 1
-		case !slices.Equal(before.links, after.links) || before.table != after.table ||
+		case !slices.Equal(before.links, after.links) || !slices.Equal(before.tables, after.tables) ||
+			!slices.Equal(before.claims, after.claims) ||
 			before.poolRoutes != after.poolRoutes || before.ipForward != after.ipForward:
 			fmt.Fprintf(os.Stderr, "tests changed the real host namespace:\nbefore %+v\nafter  %+v\n", before, after)
 			code = 1
@@ -188,23 +214,35 @@ func linkUp(t *testing.T, h *netlink.Handle, name string, addrs ...netip.Prefix)
 
 type testEnv struct {
 	hostNS, inetNS string
+	tb             *Testbed
 	cfg            Config
 }
 
-// newTestEnv builds the "host" and "internet" namespaces.
+// newTestEnv builds the "host", "internet" and "LAN" namespaces.
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
+	return newTestEnvWith(t, netip.PrefixFrom(denyAddr, 32))
+}
+
+// newTestEnvWith is newTestEnv with extra addresses on the internet side.
+func newTestEnvWith(t *testing.T, extra ...netip.Prefix) *testEnv {
+	t.Helper()
 	requireRoot(t)
-	tb, err := NewTestbed(fmt.Sprintf("%senv%d-", testPrefix, nsCounter.Add(1)), netip.PrefixFrom(denyAddr, 32))
+	tb, err := NewTestbed(fmt.Sprintf("%senv%d-", testPrefix, nsCounter.Add(1)), extra...)
 	must(t, err)
 	t.Cleanup(func() {
 		if err := tb.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	e := &testEnv{hostNS: tb.HostNS, inetNS: tb.InternetNS}
+	e := &testEnv{hostNS: tb.HostNS, inetNS: tb.InternetNS, tb: tb}
 	e.cfg = Config{
-		HostNSPath:  e.hostNS,
+		HostNSPath: e.hostNS,
+		// One /20: the whole pool is this instance's block, so addresses
+		// are predictable (10.201.0.x). Tests of several instances use
+		// the default /16.
+		Pool:        netip.MustParsePrefix("10.201.0.0/20"),
+		Instance:    InstanceID(fmt.Sprintf("%senv%d", testPrefix, nsCounter.Add(1))),
 		NetNSPrefix: testPrefix + "s-",
 		DNS:         []netip.Addr{netip.MustParseAddr("192.0.2.53")},
 		DenyForward: []netip.Prefix{denyNet},
@@ -233,6 +271,13 @@ func (e *testEnv) manager(t *testing.T) *Manager {
 }
 
 func (e *testEnv) inetDo(fn func() error) error { return inNS(e.inetNS, fn) }
+
+// crash abandons m as a killed process would: its descriptors close (and
+// with them its claim on the pool); nothing is torn down.
+func crash(m *Manager) {
+	unix.Close(m.hostFd)
+	m.claim.release()
+}
 
 // openTapFd attaches to (or creates) a TAP device by name in the calling
 // thread's namespace, non-blocking so os.File can use the poller and Close
@@ -371,15 +416,15 @@ func mustNotReach(t *testing.T, what string, do func(func() error) error, ip net
 }
 
 // dropCounters returns the packet counters of the drop rules of a chain in
-// the namespace's execlaw table, in rule order.
-func dropCounters(t *testing.T, nsPath, chain string) []uint64 {
+// a table of the namespace, in rule order.
+func dropCounters(t *testing.T, nsPath, table, chain string) []uint64 {
 	t.Helper()
 	fd, err := openNS(nsPath)
 	must(t, err)
 	defer unix.Close(fd)
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
 	must(t, err)
-	tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: chain, Table: tbl})
 	must(t, err)
 	var out []uint64
@@ -410,7 +455,7 @@ func pollUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 func leftovers(t *testing.T, e *testEnv) (links []string, routes int, addrs int, nss []string) {
 	t.Helper()
 	h := handleFor(t, e.hostNS)
-	links, err := hostLinks(h)
+	links, err := hostLinks(h, "")
 	must(t, err)
 	rs, err := routesIn(h, DefaultPool)
 	must(t, err)

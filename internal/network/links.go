@@ -12,11 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Host links are named in instance.go: xl<instance>-<slot>. The host
+// nftables rules match on those names, and Sweep deletes every link of its
+// own instance, so nothing else on a host may use the "xl<6 hex>-" pattern.
 const (
-	// hostLinkPrefix names the host side of every session's veth pair. The
-	// host nftables rules match on it ("xlh*"), and Sweep deletes every link
-	// with it, so nothing else on a host may use it.
-	hostLinkPrefix = "xlh"
 	// nsLinkName is the session side of the veth pair, inside the session ns.
 	nsLinkName = "veth0"
 	// TapName is the TAP device inside every session ns.
@@ -131,16 +130,18 @@ func retryDump[T any](f func() (T, error)) (T, error) {
 	return v, err
 }
 
-// hostLinks lists the links in h's namespace that Sweep owns.
-func hostLinks(h *netlink.Handle) ([]string, error) {
+// hostLinks lists the session links in h's namespace whose names start
+// with prefix: one instance's (hostLinkPrefix) or, with "", every
+// instance's.
+func hostLinks(h *netlink.Handle, prefix string) ([]string, error) {
 	links, err := retryDump(h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("network: listing links: %w", err)
 	}
 	var names []string
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, hostLinkPrefix) {
-			names = append(names, l.Attrs().Name)
+		if n := l.Attrs().Name; isSessionLink(n) && strings.HasPrefix(n, prefix) {
+			names = append(names, n)
 		}
 	}
 	return names, nil

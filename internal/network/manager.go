@@ -1,22 +1,36 @@
 // Package network gives each "full"-network session its own network
 // namespace with a TAP device for the VM's NIC, a routed /29 from an address
 // pool, NAT to the outside and nftables rules that keep the guest away from
-// the host, cloud metadata and other sessions. Everything is done through
-// netlink, nftables netlink and /dev/net/tun from Go; nothing shells out.
+// the host, its LAN, cloud metadata and other sessions. Everything is done
+// through netlink, nftables netlink and /dev/net/tun from Go; nothing shells
+// out.
 //
-// Topology for a session with slot N of the pool (addresses for N=0):
+// Every host resource is named for the server instance (Config.Instance, a
+// hash of the data directory, e.g. 3fa2c1) so that several servers share a
+// host, and each sweeps only its own:
 //
-//	host namespace                         session namespace execlaw-<id>
-//	  xlhN 10.201.0.1/30  <--- veth --->     veth0 10.201.0.2/30  (default via .1)
+//	session namespace   /run/netns/execlaw-3fa2c1-<session id>
+//	host veth           xl3fa2c1-<slot>        (IFNAMSIZ: at most 12 characters)
+//	nftables table      inet execlaw-3fa2c1    (host namespace)
+//	address block       a /20 of the pool, claimed by @execlaw-net/claim/3fa2c1/<block> (claim.go)
+//	routes, conntrack   inside that block only
+//
+// Topology for a session with slot N of the block (addresses for N=0 of
+// 10.201.0.0/20):
+//
+//	host namespace                         session namespace execlaw-<instance>-<id>
+//	  xl<inst>-N 10.201.0.1/30 <-- veth -->  veth0 10.201.0.2/30  (default via .1)
 //	  route 10.201.0.4/30 via 10.201.0.2     tap0  10.201.0.5/30  (the guest's gateway)
-//	  nft table inet execlaw                   |  ip_forward=1, nft table inet execlaw
+//	  nft table inet execlaw-<instance>        |  ip_forward=1, nft table inet execlaw
 //	                                         guest NIC 10.201.0.6/30 (the VMM opens tap0)
 //
 // Sysctls written: net.ipv4.ip_forward=1 in the host namespace (by New, and
-// never reverted: other things on the host may rely on it), and in each
-// session namespace ip_forward=1, rp_filter=1 and disable_ipv6=1 (guests get
-// IPv4 only; without IPv6 addresses there is no link-local path from the
-// guest into the namespace).
+// never reverted: other things on the host may rely on it), disable_ipv6=1
+// on each host veth, and in each session namespace ip_forward=1,
+// rp_filter=1 and disable_ipv6=1. Guests get IPv4 only and there is no IPv6
+// path: the session namespace has no IPv6 addresses, its table drops every
+// non-IPv4 packet from the TAP before routing, and the host table drops
+// non-IPv4 forwarded from session links.
 package network
 
 import (
@@ -25,21 +39,27 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Manager owns the host-side plumbing shared by all sessions (the nftables
-// table, the address pool) and creates and removes per-session attachments.
-// Its methods are safe for concurrent use.
+// Manager owns the host-side plumbing shared by all sessions of one server
+// instance (its nftables table, its block of the address pool) and creates
+// and removes per-session attachments. Its methods are safe for concurrent
+// use.
 type Manager struct {
-	pool   *pool
-	dns    []netip.Addr
-	prefix string
-	log    *slog.Logger
+	pool     *pool        // the claimed block
+	fullPool netip.Prefix // Config.Pool, denied to guests as a whole
+	instance string
+	linkPfx  string // host links: xl<instance>-
+	table    string // host table: execlaw-<instance>
+	nsPfx    string // session namespaces: <NetNSPrefix><instance>-
+	dns      []netip.Addr
+	policy   guestPolicy
+	claim    *claim
+	log      *slog.Logger
 
 	// opMu: Setup/Teardown/Sweep/HostDo hold it shared; Close holds it
 	// exclusively, so it waits for operations in flight and none start on
@@ -53,33 +73,17 @@ type Manager struct {
 	liveHL map[string]*Attachment // by host link name
 }
 
-// New prepares the host namespace: installs (or atomically replaces, after a
-// crash) the nftables table inet execlaw and then sets
-// net.ipv4.ip_forward=1 there — in that order, so forwarding is never on
-// without the isolation rules. It does not remove leftovers of an earlier
-// run; call Sweep for that before the first Setup.
+// New claims a block of the pool for this instance and prepares the host
+// namespace: installs (or atomically replaces, after a crash) the nftables
+// table inet execlaw-<instance> and then sets net.ipv4.ip_forward=1 there
+// — in that order, so forwarding is never on without the isolation rules.
+// It fails when the same instance is already running on this host. It does
+// not remove leftovers of an earlier run; call Sweep for that before the
+// first Setup.
 func New(cfg Config) (*Manager, error) {
-	if !cfg.Pool.IsValid() {
-		cfg.Pool = DefaultPool
-	}
-	p, err := newPool(cfg.Pool)
+	cfg, err := normalize(cfg)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.NetNSPrefix == "" {
-		cfg.NetNSPrefix = DefaultNetNSPrefix
-	}
-	if err := validPrefixName(cfg.NetNSPrefix); err != nil {
-		return nil, err
-	}
-	for _, d := range cfg.DenyForward {
-		if !d.IsValid() || !d.Addr().Is4() {
-			return nil, fmt.Errorf("network: DenyForward %v: want IPv4 prefixes", d)
-		}
-	}
-	dns := slices.Clone(cfg.DNS)
-	if len(dns) == 0 {
-		dns = defaultDNS()
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -94,14 +98,17 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		pool: p, dns: dns, prefix: cfg.NetNSPrefix, log: log,
+		fullPool: cfg.Pool, instance: cfg.Instance, linkPfx: hostLinkPrefix(cfg.Instance),
+		table: hostTableName(cfg.Instance), nsPfx: nsPrefix(cfg.NetNSPrefix, cfg.Instance), log: log,
 		hostFd: fd, liveNS: map[string]*Attachment{}, liveHL: map[string]*Attachment{},
 	}
 	if err := m.init(cfg); err != nil {
+		m.claim.release()
 		unix.Close(fd)
 		return nil, err
 	}
-	log.Info("network: manager ready", "host_ns", hostPath, "pool", p.prefix, "dns", m.dns)
+	log.Info("network: manager ready", "host_ns", hostPath, "instance", m.instance,
+		"pool", cfg.Pool, "block", m.pool.prefix, "table", "inet "+m.table, "policy", m.policy.String())
 	return m, nil
 }
 
@@ -111,37 +118,57 @@ func (m *Manager) init(cfg Config) error {
 		return err
 	}
 	defer h.Close()
-	if err := checkPoolFree(h, m.pool.prefix); err != nil {
+	if m.claim, err = claimBlock(m.hostFd, h, cfg.Pool, cfg.Instance, cfg.Owner); err != nil {
 		return err
 	}
-	// Guests may not talk to the host, so a resolver listening on one of
-	// the host's own addresses (dnsmasq, a Docker bridge's 172.17.0.1) is
-	// unreachable for them: drop it from the default, warn if configured.
-	local, err := localAddrs(h)
-	if err != nil {
+	if m.pool, err = newPool(m.claim.info.Block); err != nil {
 		return err
 	}
-	var dns []netip.Addr
+	dns := slices.Clone(cfg.DNS)
+	if len(dns) == 0 {
+		dns = defaultDNS()
+	}
+	if m.dns, err = reachableDNS(h, dns, len(cfg.DNS) > 0, m.log); err != nil {
+		return err
+	}
+	if m.policy, err = newGuestPolicy(cfg.Pool, cfg.AllowForward, cfg.DenyForward, m.dns); err != nil {
+		return err
+	}
 	for _, d := range m.dns {
-		if !local[d] {
-			dns = append(dns, d)
-		} else if len(cfg.DNS) > 0 {
-			m.log.Warn("network: configured DNS server is a host address, which guests cannot reach", "dns", d)
-			dns = append(dns, d)
+		if m.policy.alwaysDenied(d) {
+			m.log.Warn("network: DNS server lies in a range guests can never reach", "dns", d)
 		}
 	}
-	if len(dns) == 0 {
-		dns = slices.Clone(fallbackDNS)
-	}
-	m.dns = dns
-	deny := slices.Clone(cfg.DenyForward)
-	for i := range deny {
-		deny[i] = deny[i].Masked()
-	}
-	if err := installHostTable(m.hostFd, m.pool.prefix, deny); err != nil {
+	if err := installHostTable(m.hostFd, m.table, m.linkPfx, m.pool.prefix, m.policy); err != nil {
 		return err
 	}
 	return inNSFd(m.hostFd, func() error { return writeSysctl("net.ipv4.ip_forward", "1") })
+}
+
+// reachableDNS drops resolvers guests cannot reach from dns. Guests may not
+// talk to the host, so a resolver listening on one of the host's own
+// addresses (dnsmasq, a Docker bridge's 172.17.0.1) is unreachable for
+// them: dropped from the default, kept with a warning when configured.
+func reachableDNS(h *netlink.Handle, dns []netip.Addr, configured bool, log *slog.Logger) ([]netip.Addr, error) {
+	local, err := localAddrs(h)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, d := range dns {
+		if !local[d] {
+			out = append(out, d)
+		} else if configured {
+			if log != nil {
+				log.Warn("network: configured DNS server is a host address, which guests cannot reach", "dns", d)
+			}
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		out = slices.Clone(fallbackDNS)
+	}
+	return out, nil
 }
 
 func localAddrs(h *netlink.Handle) (map[netip.Addr]bool, error) {
@@ -158,40 +185,18 @@ func localAddrs(h *netlink.Handle) (map[netip.Addr]bool, error) {
 	return out, nil
 }
 
-// checkPoolFree refuses a pool that overlaps addresses or routes the host
-// already uses (other than leftovers on our own xlh* links): our /30 routes
-// would silently shadow that part of the network, and Sweep deletes routes
-// inside the pool.
-func checkPoolFree(h *netlink.Handle, pool netip.Prefix) error {
-	links, err := retryDump(h.LinkList)
-	if err != nil {
-		return fmt.Errorf("network: listing links: %w", err)
-	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
-	ours := func(idx int) bool { return strings.HasPrefix(names[idx], hostLinkPrefix) }
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
-	if err != nil {
-		return fmt.Errorf("network: listing addresses: %w", err)
-	}
-	for _, a := range addrs {
-		if pa, ok := prefixOf(a.IPNet); ok && pa.Overlaps(pool) && !ours(a.LinkIndex) {
-			return fmt.Errorf("network: pool %v overlaps address %v on %s", pool, pa, names[a.LinkIndex])
-		}
-	}
-	routes, err := routesIn(h, pool)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
-		if !ours(r.LinkIndex) {
-			return fmt.Errorf("network: pool %v overlaps route %v on %s", pool, r.Dst, names[r.LinkIndex])
-		}
-	}
-	return nil
-}
+// Instance is the instance id that names this manager's host resources.
+func (m *Manager) Instance() string { return m.instance }
+
+// Block is the block of the pool this manager claimed.
+func (m *Manager) Block() netip.Prefix { return m.pool.prefix }
+
+// Policy describes in one line what guests may and may not reach.
+func (m *Manager) Policy() string { return m.policy.String() }
+
+// TableName is the nftables table (family inet) this manager owns in the
+// host namespace.
+func (m *Manager) TableName() string { return m.table }
 
 // Close tears down sessions that are still attached (without the host
 // table their traffic would be neither isolated nor NATed), then deletes
@@ -213,8 +218,9 @@ func (m *Manager) Close() error {
 	for _, a := range live {
 		errs = append(errs, m.teardown(a))
 	}
-	errs = append(errs, deleteTable(m.hostFd))
+	errs = append(errs, deleteTable(m.hostFd, m.table))
 	unix.Close(m.hostFd)
+	m.claim.release()
 	return errors.Join(errs...)
 }
 

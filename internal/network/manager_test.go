@@ -2,12 +2,14 @@ package network
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -27,10 +29,24 @@ func TestGuestTraffic(t *testing.T) {
 	must(t, err)
 	t.Cleanup(func() { m.Teardown(ctx, a) })
 	if a.GuestIP != netip.MustParsePrefix("10.201.0.6/30") || a.Gateway != netip.MustParseAddr("10.201.0.5") ||
-		a.TapName != "tap0" || a.NetNS != e.cfg.NetNSPrefix+"s_traffic" || len(a.DNS) != 1 {
+		a.TapName != "tap0" || a.NetNS != e.cfg.NetNSPrefix+e.cfg.Instance+"-s_traffic" ||
+		a.HostLink != "xl"+e.cfg.Instance+"-0" || len(a.DNS) != 1 {
 		t.Fatalf("unexpected attachment %+v", a)
 	}
 	g := startGuest(t, a)
+	// No IPv6 on either end of the session link: nothing to reach over it.
+	for _, c := range []struct{ ns, key string }{
+		{e.hostNS, "net.ipv6.conf." + a.HostLink + ".disable_ipv6"},
+		{a.NSPath, "net.ipv6.conf.all.disable_ipv6"},
+		{a.NSPath, "net.ipv6.conf." + TapName + ".disable_ipv6"},
+	} {
+		var v string
+		if err := inNS(c.ns, func() (err error) { v, err = readSysctl(c.key); return err }); err != nil && !errors.Is(err, unix.ENOENT) {
+			t.Fatal(err)
+		} else if err == nil && v != "1" {
+			t.Fatalf("%s = %s in %s", c.key, v, c.ns)
+		}
+	}
 
 	// 1. Out to the "internet", masqueraded behind the host's address.
 	inet := listen(t, e.inetDo, "0.0.0.0:0")
@@ -134,7 +150,7 @@ func TestAntiSpoofing(t *testing.T) {
 	defer udp.Close()
 	dst := udp.LocalAddr().(*net.UDPAddr).AddrPort()
 
-	before := dropCounters(t, a.NSPath, "prerouting")
+	before := dropCounters(t, a.NSPath, TableName, "prerouting")
 	send := func(src netip.Addr, payload string) {
 		t.Helper()
 		must(t, g.do(func() error {
@@ -167,7 +183,7 @@ func TestAntiSpoofing(t *testing.T) {
 	}
 	// And it was the anti-spoofing rule (second drop rule) that dropped it.
 	pollUntil(t, "anti-spoofing counter", okTimeout, func() bool {
-		after := dropCounters(t, a.NSPath, "prerouting")
+		after := dropCounters(t, a.NSPath, TableName, "prerouting")
 		return len(after) == 2 && after[1] > before[1]
 	})
 }
@@ -270,7 +286,7 @@ func TestSetupFailureLeavesNothing(t *testing.T) {
 	e := newTestEnv(t)
 	m := e.manager(t)
 	ctx := context.Background()
-	squat, err := createNamedNS(e.cfg.NetNSPrefix + "s_taken")
+	squat, err := createNamedNS(e.cfg.NetNSPrefix + e.cfg.Instance + "-s_taken")
 	must(t, err)
 	if _, err := m.Setup(ctx, "s_taken"); err == nil {
 		t.Fatal("Setup over an existing namespace succeeded")
@@ -352,7 +368,7 @@ func TestSweepAfterCrash(t *testing.T) {
 		_, err := crashed.Setup(ctx, fmt.Sprintf("s_crash%d", i))
 		must(t, err)
 	}
-	unix.Close(crashed.hostFd) // "process died": nothing else is released
+	crash(crashed) // "process died": nothing else is released
 
 	if links, routes, _, nss := leftovers(t, e); len(links) != 3 || routes != 6 || len(nss) != 3 {
 		t.Fatalf("crash left %v, %d routes, %v", links, routes, nss)
@@ -361,12 +377,15 @@ func TestSweepAfterCrash(t *testing.T) {
 	ruleCounts := func() map[string]int {
 		out := map[string]int{}
 		for _, ch := range []string{"input", "forward"} {
-			out[ch] = len(dropCounters(t, e.hostNS, ch))
+			out[ch] = len(dropCounters(t, e.hostNS, m.TableName(), ch))
 		}
 		return out
 	}
-	if c := ruleCounts(); c["input"] != 1 || c["forward"] != 6 {
-		t.Fatalf("table not replaced cleanly, drop rules per chain: %v", c)
+	// forward: non-IPv4, to any session, each always-denied range and the
+	// pool, each default and configured denied range, inbound to guests.
+	wantForward := 2 + len(AlwaysDenied) + 1 + len(DefaultDenyForward) + len(e.cfg.DenyForward) + 1
+	if c := ruleCounts(); c["input"] != 1 || c["forward"] != wantForward {
+		t.Fatalf("table not replaced cleanly, drop rules per chain: %v (want input 1, forward %d)", c, wantForward)
 	}
 	must(t, m.Sweep(ctx))
 	assertClean(t, e)
@@ -389,15 +408,25 @@ func TestCloseRemovesTable(t *testing.T) {
 	must(t, err)
 	defer unix.Close(fd)
 
+	table := hostTableName(e.cfg.Instance)
 	m, err := New(e.cfg)
 	must(t, err)
-	if ok, err := tableExists(fd); err != nil || !ok {
+	if ok, err := tableExists(fd, table); err != nil || !ok {
 		t.Fatalf("table after New: %v %v", ok, err)
 	}
-	m2, err := New(e.cfg) // idempotent over a live table
+	// The same instance twice on one host would share every name: refused,
+	// naming the holder.
+	if m2, err := New(e.cfg); err == nil {
+		m2.Close()
+		t.Fatal("a second manager of the same instance started")
+	} else if !strings.Contains(err.Error(), "instance "+e.cfg.Instance) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("refusal does not name the running instance: %v", err)
+	}
+	crash(m)              // m is abandoned, like a crashed run
+	m2, err := New(e.cfg) // idempotent over a leftover table
 	must(t, err)
 	must(t, m2.Close())
-	if ok, _ := tableExists(fd); ok {
+	if ok, _ := tableExists(fd, table); ok {
 		t.Fatal("table still there after Close")
 	}
 	m3, err := New(e.cfg)
@@ -407,14 +436,13 @@ func TestCloseRemovesTable(t *testing.T) {
 	}
 	must(t, m3.Close())
 	must(t, m3.Close()) // idempotent
-	if ok, _ := tableExists(fd); ok {
+	if ok, _ := tableExists(fd, table); ok {
 		t.Fatal("table still there after Close")
 	}
 	assertClean(t, e)
 	if _, err := m3.Setup(ctx, "s_late"); err == nil {
 		t.Fatal("Setup after Close succeeded")
 	}
-	unix.Close(m.hostFd) // m is abandoned, like a crashed run
 	checkIPForward(t, e)
 }
 
@@ -445,9 +473,9 @@ func TestDefaultDNS(t *testing.T) {
 	e := newTestEnv(t)
 	conf := t.TempDir() + "/resolv.conf"
 	must(t, os.WriteFile(conf, []byte("nameserver 127.0.0.53\nnameserver 198.51.100.2\nnameserver 10.9.9.9\n"), 0o644))
-	old := resolvConfPath
-	resolvConfPath = conf
-	t.Cleanup(func() { resolvConfPath = old })
+	old, oldResolved := resolvConfPath, resolvedConfPath
+	resolvConfPath, resolvedConfPath = conf, conf+".absent"
+	t.Cleanup(func() { resolvConfPath, resolvedConfPath = old, oldResolved })
 
 	e.cfg.DNS = nil
 	m := e.manager(t)
@@ -457,6 +485,7 @@ func TestDefaultDNS(t *testing.T) {
 		t.Fatalf("DNS = %v, want [10.9.9.9]", a.DNS)
 	}
 	must(t, m.Teardown(context.Background(), a))
+	must(t, m.Close())
 
 	must(t, os.WriteFile(conf, []byte("nameserver 198.51.100.2\n"), 0o644))
 	m2 := e.manager(t)

@@ -18,10 +18,10 @@ import (
 // and what the guest must be told (address, gateway, DNS, MAC).
 type Attachment struct {
 	SessionID string
-	NetNS     string // namespace name, e.g. "execlaw-s_0123..."
+	NetNS     string // namespace name, e.g. "execlaw-3fa2c1-s_0123..."
 	NSPath    string // its bind mount, /run/netns/<NetNS>
 	TapName   string // "tap0", inside the namespace
-	HostLink  string // host side of the veth pair, e.g. "xlh0"
+	HostLink  string // host side of the veth pair, e.g. "xl3fa2c1-0"
 	GuestIP   netip.Prefix
 	Gateway   netip.Addr
 	DNS       []netip.Addr
@@ -52,7 +52,7 @@ func (m *Manager) Setup(ctx context.Context, sessionID string) (_ *Attachment, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	name := m.prefix + shortID(sessionID)
+	name := m.nsPfx + shortID(sessionID)
 	slot, err := m.pool.alloc()
 	if err != nil {
 		return nil, err
@@ -63,7 +63,7 @@ func (m *Manager) Setup(ctx context.Context, sessionID string) (_ *Attachment, e
 		NetNS:     name,
 		NSPath:    filepath.Join(netnsDir, name),
 		TapName:   TapName,
-		HostLink:  fmt.Sprintf("%s%d", hostLinkPrefix, slot),
+		HostLink:  hostLinkName(m.instance, slot),
 		GuestIP:   ad.Guest,
 		Gateway:   ad.Gateway.Addr(),
 		DNS:       slices.Clone(m.dns),
@@ -87,8 +87,9 @@ func (m *Manager) Setup(ctx context.Context, sessionID string) (_ *Attachment, e
 	defer func() {
 		if err != nil {
 			if terr := m.teardown(a); terr != nil {
-				// Leftovers are still named xlh*/prefix*, so Sweep
-				// will get them; the block stays reserved meanwhile.
+				// Leftovers are still named for this instance, so
+				// Sweep will get them; the block stays reserved
+				// meanwhile.
 				m.log.Warn("network: rollback after failed setup", "session", sessionID, "err", terr)
 			}
 			err = fmt.Errorf("network: setting up session %s: %w", sessionID, err)
@@ -167,6 +168,18 @@ func (m *Manager) build(ctx context.Context, a *Attachment, ad slotAddrs) error 
 		return fmt.Errorf("creating veth %s: %w", a.HostLink, err)
 	}
 	hostL, err := hh.LinkByName(a.HostLink)
+	if err != nil {
+		return err
+	}
+	// No IPv6 (not even link-local) on the host side either: nothing
+	// IPv6 is forwarded for sessions, so the link needs none.
+	err = inNSFd(m.hostFd, func() error {
+		err := writeSysctl("net.ipv6.conf."+a.HostLink+".disable_ipv6", "1")
+		if errors.Is(err, unix.ENOENT) {
+			return nil // kernel or host without IPv6
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}

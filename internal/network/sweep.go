@@ -10,11 +10,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Sweep removes what an earlier run left behind: every namespace named
-// <NetNSPrefix>*, every xlh* link in the host namespace and every route into
-// the pool there, plus the pool's conntrack entries. Attachments of this
-// manager that are still live are left alone, so calling it at any time is
-// safe; it is meant for server start, before the first Setup.
+// Sweep removes what an earlier run of this instance left behind: its
+// namespaces (<NetNSPrefix><instance>-*), its host links (xl<instance>-*),
+// routes into its block on its own links, and the block's conntrack
+// entries. Other instances' resources are never touched, live or not: each
+// sweeps its own when it starts. Attachments of this manager that are still
+// live are left alone, so calling it at any time is safe; it is meant for
+// server start, before the first Setup.
 func (m *Manager) Sweep(ctx context.Context) error {
 	m.opMu.RLock()
 	defer m.opMu.RUnlock()
@@ -43,7 +45,7 @@ func (m *Manager) Sweep(ctx context.Context) error {
 		return false
 	}
 	var errs []error
-	links, err := hostLinks(hh)
+	links, err := hostLinks(hh, m.linkPfx)
 	if err != nil {
 		return err
 	}
@@ -56,13 +58,25 @@ func (m *Manager) Sweep(ctx context.Context) error {
 			errs = append(errs, deleteLink(hh, l))
 		}
 	}
+	// Routes normally go with their links; this catches one left on a
+	// link of ours that is still being set up or torn down elsewhere.
 	routes, err := routesIn(hh, m.pool.prefix)
 	if err != nil {
 		return err
 	}
+	ourLinks, err := hostLinks(hh, m.linkPfx)
+	if err != nil {
+		return err
+	}
+	ourIdx := map[int]bool{}
+	for _, n := range ourLinks {
+		if l, err := hh.LinkByName(n); err == nil {
+			ourIdx[l.Attrs().Index] = true
+		}
+	}
 	for _, r := range routes {
 		d, _ := prefixOf(r.Dst)
-		if isLive("", "", d) {
+		if !ourIdx[r.LinkIndex] || isLive("", "", d) {
 			continue
 		}
 		m.log.Info("network: sweeping route", "dst", d)
@@ -70,7 +84,7 @@ func (m *Manager) Sweep(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("network: deleting route %v: %w", d, err))
 		}
 	}
-	names, err := listNamedNS(m.prefix)
+	names, err := listNamedNS(m.nsPfx)
 	if err != nil {
 		return err
 	}

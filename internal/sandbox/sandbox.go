@@ -18,9 +18,11 @@ type Spec struct {
 	// the process driver's workspace). It exists and is empty when Start is
 	// called; the session manager removes it after Stop.
 	Dir string
-	// VCPUs and MemoryMiB size a VM; the process driver ignores them.
+	// VCPUs and MemoryMiB size a VM, DiskMiB its writable disk (0: the
+	// driver's default); the process driver ignores them.
 	VCPUs     int
 	MemoryMiB int
+	DiskMiB   int
 	// Network is "full" or "none".
 	Network string
 	// Progress, when set, is told each boot phase as it begins ("vmm", "kernel",
@@ -54,4 +56,15 @@ type Sandbox interface {
 	// (processes, sockets, devices). It is safe to call more than once and
 	// from several goroutines.
 	Stop(ctx context.Context) error
+}
+
+// MemoryReserver is a Driver whose sandboxes each hold a known most of host
+// memory: a VM's guest memory plus its VMM's overhead, which is also the
+// memory limit of the VMM's cgroup. The session manager's memory gate
+// counts it for every running session, touched or not. A driver that is not
+// one (the process driver: its sandboxes have no VM memory and no limit)
+// reserves nothing; only the host's memory in use counts for them.
+type MemoryReserver interface {
+	// ReservedMiB is what a sandbox started with spec may use at most.
+	ReservedMiB(spec Spec) int
 }

@@ -3,10 +3,12 @@ package session
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/store"
 )
 
@@ -30,6 +32,13 @@ type Bus struct {
 	subs   map[*Subscription]struct{}
 	closed bool // the log is complete: new subscribers get only what is stored
 
+	// quota bounds the bytes of event data the log may hold (0: no bound);
+	// used is what it holds. Once full, only lifecycle events are taken,
+	// and onFull (set before use) is called once.
+	quota, used int64
+	full        bool
+	onFull      func()
+
 	// observer, when set, is told of every stored event (metrics).
 	observer Observer
 }
@@ -37,6 +46,37 @@ type Bus struct {
 // NewBus opens the log of a session whose last stored event is lastSeq.
 func NewBus(st *store.Store, sessionID string, lastSeq int64) *Bus {
 	return &Bus{store: st, sessionID: sessionID, seq: lastSeq, subs: map[*Subscription]struct{}{}}
+}
+
+// ErrLogFull is what appending to a log past its quota gives.
+var ErrLogFull = errors.New("this session's event log is full; its transcript is kept: start a new session to go on")
+
+// lifecycleEvent types are small, bounded in number by the session's life
+// (not by what the agent or the guest produce), and needed to end a turn or
+// the session cleanly: the quota never refuses them.
+func lifecycleEvent(typ string) bool {
+	switch typ {
+	case event.Status, event.AgentBusy, event.AgentIdle, event.Exit:
+		return true
+	}
+	return false
+}
+
+// SetQuota bounds the log to quota bytes of event data, of which used are
+// stored already; onFull is called once, outside the bus's lock, when an
+// event is refused for the first time.
+func (b *Bus) SetQuota(quota, used int64, onFull func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.quota, b.used, b.onFull = quota, used, onFull
+	b.full = quota > 0 && used >= quota
+}
+
+// Full reports whether the log has reached its quota.
+func (b *Bus) Full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.full
 }
 
 // Emit appends an event. It is safe for concurrent use.
@@ -55,12 +95,35 @@ func (b *Bus) Append(ctx context.Context, typ string, data any) (store.Event, er
 	ctx = context.WithoutCancel(ctx)
 
 	b.mu.Lock()
+	if !lifecycleEvent(typ) && b.quota > 0 && (b.full || b.used+int64(len(raw)) > b.quota) {
+		first := !b.full
+		b.full = true
+		var err error
+		if first {
+			// The one event past the quota: what the user reads about it.
+			msg, _ := json.Marshal(event.ErrorData{Message: fmt.Sprintf(
+				"This session's event log reached its limit of %s, so the turn was ended. Everything before this is kept; start a new session to go on.", sizeWords(b.quota))})
+			_, err = b.appendLocked(ctx, event.Error, msg)
+		}
+		onFull := b.onFull
+		b.mu.Unlock()
+		if first && onFull != nil {
+			onFull()
+		}
+		return store.Event{}, errors.Join(ErrLogFull, err)
+	}
 	defer b.mu.Unlock()
+	return b.appendLocked(ctx, typ, raw)
+}
+
+// appendLocked stores an event and hands it to live subscribers; b.mu is held.
+func (b *Bus) appendLocked(ctx context.Context, typ string, raw json.RawMessage) (store.Event, error) {
 	e := store.Event{SessionID: b.sessionID, Seq: b.seq + 1, Type: typ, Data: raw, Time: time.Now().UTC()}
 	if err := b.store.AppendEvent(ctx, e); err != nil {
 		return store.Event{}, err
 	}
 	b.seq = e.Seq
+	b.used += int64(len(raw))
 	if b.observer != nil {
 		b.observer.Event(typ, raw)
 	}
@@ -138,4 +201,12 @@ func (b *Bus) CloseAll() {
 		close(s.c)
 		delete(b.subs, s)
 	}
+}
+
+// sizeWords writes a byte count for people: MiB when it is whole ones.
+func sizeWords(n int64) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d KiB", n>>10)
 }

@@ -2,7 +2,10 @@ package session
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -141,5 +144,51 @@ func TestBusStoreFailure(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("live reader got %d events, want only the stored one", n)
+	}
+}
+
+// Past its quota the log takes one error_event saying so, then only
+// lifecycle events; onFull is told once; nothing stored before is touched.
+func TestBusQuota(t *testing.T) {
+	bus, st := newTestBus(t)
+	ctx := context.Background()
+	full := 0
+	bus.SetQuota(1000, 0, func() { full++ })
+	text := event.DeltaData{MessageID: "m", Text: strings.Repeat("a", 290)} // 320 bytes as JSON
+	for range 3 {
+		if err := bus.Emit(ctx, event.MessageDelta, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if err := bus.Emit(ctx, event.MessageDelta, text); !errors.Is(err, ErrLogFull) {
+			t.Fatalf("emit past the quota: %v", err)
+		}
+	}
+	if err := bus.Emit(ctx, event.Error, event.ErrorData{Message: "later"}); !errors.Is(err, ErrLogFull) {
+		t.Fatalf("error event past the quota: %v", err)
+	}
+	for _, typ := range []string{event.AgentIdle, event.Status, event.Exit} {
+		if err := bus.Emit(ctx, typ, event.Empty{}); err != nil {
+			t.Fatalf("lifecycle event %s refused: %v", typ, err)
+		}
+	}
+	if full != 1 || !bus.Full() {
+		t.Fatalf("onFull called %d times, Full %v", full, bus.Full())
+	}
+	events, err := st.Events(ctx, "s1", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for i, e := range events {
+		if e.Seq != int64(i+1) {
+			t.Fatalf("gap at %d", e.Seq)
+		}
+		types = append(types, e.Type)
+	}
+	want := []string{event.MessageDelta, event.MessageDelta, event.MessageDelta, event.Error, event.AgentIdle, event.Status, event.Exit}
+	if !slices.Equal(types, want) {
+		t.Fatalf("stored %q, want %q", types, want)
 	}
 }

@@ -45,6 +45,16 @@ type Config struct {
 	// MemoryLimitPercent refuses a new session when host memory in use plus
 	// the new sandbox's memory would pass this share of the total (default 90).
 	MemoryLimitPercent float64
+	// MemoryOvercommit is the memory gate's second check: the memory every
+	// running sandbox may use (touched or not: a VM's guest memory plus its
+	// VMM's overhead, as its driver's sandbox.MemoryReserver says; the
+	// process driver reserves nothing) plus the new one's must fit in
+	// MemoryLimitPercent of the host's memory times this. Default 1: none
+	// overcommitted; 1.5 bets that VMs never all use all their memory.
+	MemoryOvercommit float64
+	// MaxSessionsPerUser is how many sessions one user may run at once
+	// (0: MaxSessions).
+	MaxSessionsPerUser int
 	// ReapInterval is how often idle sessions are looked for (default 30s).
 	ReapInterval time.Duration
 	// StopTimeout bounds how long stopping one sandbox may take (default 30s).
@@ -55,13 +65,32 @@ type Config struct {
 	// MaxSteps and LLMRetries tune the built-in agent.
 	MaxSteps   int
 	LLMRetries int
-	// LLMClient is used for model calls; nil means llm.DefaultHTTPClient.
+	// LLMClient is used for model calls, the built-in agent's and the
+	// credential proxy's, and its outbound policy checks a session's base
+	// URL when the session is created; nil means llm.DefaultHTTPClient. A
+	// server passes llm.HTTPClient(its policy).
 	LLMClient *http.Client
 	// Observer is told what happens in sessions (metrics); nil for none.
 	Observer Observer
 	// HookTimeout bounds the idle hook for one session (default 60s).
 	HookTimeout time.Duration
+	// DiskMiB is the size of each VM session's writable disk (0: the
+	// driver's default). It is sparse: this is what a guest may fill.
+	DiskMiB int
+	// MinFreeDisk is the floor of free space in DataDir's file system: below
+	// it new sessions are refused and the running session using the most
+	// disk is ended (0: no floor). DiskCheckInterval is how often it is
+	// looked at (default DefaultDiskCheckInterval).
+	MinFreeDisk       uint64
+	DiskCheckInterval time.Duration
+	// EventLogQuota bounds the bytes of event data one session's log may
+	// hold (default DefaultEventLogQuota; negative: no bound). The agent and
+	// the guest decide how much a turn writes; this is what caps it.
+	EventLogQuota int64
 }
+
+// DefaultEventLogQuota is the default per-session event-log quota.
+const DefaultEventLogQuota = 256 << 20
 
 // Observer watches sessions without taking part in them: its methods are
 // called synchronously on the sessions' own paths, so they must be quick and
@@ -129,6 +158,12 @@ func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Lo
 	if cfg.HookTimeout <= 0 {
 		cfg.HookTimeout = 60 * time.Second
 	}
+	if cfg.DiskCheckInterval <= 0 {
+		cfg.DiskCheckInterval = DefaultDiskCheckInterval
+	}
+	if cfg.EventLogQuota == 0 {
+		cfg.EventLogQuota = DefaultEventLogQuota
+	}
 	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}}
 }
 
@@ -189,7 +224,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return nil
 }
 
-// Start runs the idle reaper until Close.
+// Start runs the idle reaper and the disk guard until Close.
 func (m *Manager) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.stopReaper = cancel
@@ -198,12 +233,16 @@ func (m *Manager) Start() {
 		defer close(m.reaperDone)
 		t := time.NewTicker(m.cfg.ReapInterval)
 		defer t.Stop()
+		disk := time.NewTicker(m.cfg.DiskCheckInterval)
+		defer disk.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case now := <-t.C:
 				m.ReapIdle(now)
+			case <-disk.C:
+				m.guardDisk()
 			}
 		}
 	}()
@@ -328,8 +367,11 @@ func (m *Manager) Close(ctx context.Context) {
 // Create starts a new session for user. The sandbox boots in the background;
 // the returned view is in state creating.
 func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (View, error) {
-	c, err := req.validate(m.cfg.Agents)
+	c, err := req.validate(ctx, m.cfg.Agents, m.cfg.LLMClient)
 	if err != nil {
+		return View{}, err
+	}
+	if err := m.checkFreeDisk(); err != nil {
 		return View{}, err
 	}
 	rec, set := c.rec, c.set
@@ -349,6 +391,7 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	s := newSession(deps{
 		store: m.store, driver: m.driver, log: m.log, observer: m.cfg.Observer,
 		stopTimeout: m.cfg.StopTimeout, dir: m.sandboxDir(rec.ID), ended: m.forget,
+		eventQuota: max(m.cfg.EventLogQuota, 0), diskMiB: m.cfg.DiskMiB,
 	}, rec, set, ag)
 	if err := m.admit(s); err != nil {
 		return View{}, err
@@ -373,6 +416,19 @@ func (m *Manager) admit(s *Session) error {
 	if len(m.sessions) >= m.cfg.MaxSessions {
 		return &LimitError{fmt.Sprintf("this server runs at most %d sessions at once; end one to start another", m.cfg.MaxSessions)}
 	}
+	// One user may not take every slot.
+	perUser, mine := m.cfg.MaxSessionsPerUser, 0
+	if perUser <= 0 {
+		perUser = m.cfg.MaxSessions
+	}
+	for _, o := range m.sessions {
+		if o.userID == s.userID {
+			mine++
+		}
+	}
+	if mine >= perUser {
+		return &UserLimitError{Limit: perUser}
+	}
 	mem, err := hostinfo.ReadMemory()
 	if err != nil {
 		return fmt.Errorf("read host memory: %w", err)
@@ -390,6 +446,27 @@ func (m *Manager) admit(s *Session) error {
 		return &LimitError{fmt.Sprintf(
 			"not enough host memory: %d MiB of %d MiB are in use and a new session needs %d MiB, which would pass the %.0f%% limit",
 			mem.UsedMiB()+int64(pending), mem.TotalMiB, need, m.cfg.MemoryLimitPercent)}
+	}
+	// What is touched now is not all: idle VMs admitted now take their
+	// memory later. Count what every sandbox may take.
+	if r, ok := m.driver.(sandbox.MemoryReserver); ok {
+		reserved := func(o *Session) int {
+			return r.ReservedMiB(sandbox.Spec{SessionID: o.id, VCPUs: o.settings.VCPUs, MemoryMiB: o.settings.MemoryMiB})
+		}
+		committed := 0
+		for _, o := range m.sessions {
+			committed += reserved(o)
+		}
+		overcommit := m.cfg.MemoryOvercommit
+		if overcommit <= 0 {
+			overcommit = 1
+		}
+		need := reserved(s)
+		if limit := float64(mem.TotalMiB) * m.cfg.MemoryLimitPercent / 100 * overcommit; float64(committed+need) > limit {
+			return &LimitError{fmt.Sprintf(
+				"not enough host memory: the running sessions' VMs may use %d MiB and a new one %d MiB (its memory plus the VMM's), which would pass %.0f MiB (%.0f%% of %d MiB, overcommitted %gx)",
+				committed, need, limit, m.cfg.MemoryLimitPercent, mem.TotalMiB, overcommit)}
+		}
 	}
 	m.sessions[s.id] = s
 	return nil
@@ -494,7 +571,7 @@ func (m *Manager) Cancel(ctx context.Context, user User, id string) (bool, error
 	if err != nil || !running {
 		return false, err
 	}
-	return s.cancelTurn(), nil
+	return s.cancelTurn(agent.ErrCancelled), nil
 }
 
 // Delete ends a session: its turn is cancelled, its sandbox stopped and its

@@ -1,11 +1,13 @@
 package session
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -93,7 +95,10 @@ type checked struct {
 }
 
 // validate checks a request and fills in defaults.
-func (r CreateRequest) validate(agents *agent.Registry) (checked, error) {
+// The base URL is checked against the outbound policy of client, the
+// manager's LLMClient (llm.CheckBaseURL: resolved and checked now, for a
+// clear refusal; the check when connecting is the one that holds).
+func (r CreateRequest) validate(ctx context.Context, agents *agent.Registry, client *http.Client) (checked, error) {
 	if !llm.ValidProvider(r.Provider) {
 		return checked{}, invalid("provider must be one of %s", strings.Join(llm.Providers, ", "))
 	}
@@ -122,7 +127,7 @@ func (r CreateRequest) validate(agents *agent.Registry) (checked, error) {
 		return checked{}, invalid("model is not a valid model id")
 	}
 	if r.BaseURL != "" {
-		if err := llm.ValidateBaseURL(r.BaseURL); err != nil {
+		if err := llm.CheckBaseURL(ctx, client, r.BaseURL); err != nil {
 			return checked{}, invalid("%v", err)
 		}
 	} else if r.Provider == llm.OpenAICompatible {
@@ -235,12 +240,24 @@ func (r CreateRequest) validate(agents *agent.Registry) (checked, error) {
 }
 
 // validateName checks a session name, already trimmed: creating and renaming
-// a session accept the same names.
+// a session accept the same names. Valid UTF-8, at most
+// MaxNameLen characters, and none that is invisible or rearranges what is
+// shown: control characters (category Cc), format characters (Cf: bidi
+// overrides and isolates such as U+202E and U+2066, zero-width spaces and
+// joiners, the byte order mark...) and line or paragraph separators.
 func validateName(name string) error {
-	if utf8.RuneCountInString(name) > MaxNameLen || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
+	if utf8.RuneCountInString(name) > MaxNameLen || !utf8.ValidString(name) {
 		return invalid("name must be at most %d printable characters", MaxNameLen)
 	}
+	if i := strings.IndexFunc(name, hiddenInName); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(name[i:])
+		return invalid("name must be printable: it contains %U, a control or invisible formatting character (such as a bidi override or a zero-width space)", r)
+	}
 	return nil
+}
+
+func hiddenInName(r rune) bool {
+	return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
 }
 
 func parseSettings(raw json.RawMessage) settings {

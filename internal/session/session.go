@@ -55,18 +55,22 @@ type deps struct {
 	stopTimeout time.Duration  // bounds stopping the sandbox
 	dir         string         // the sandbox's own host directory
 	ended       func(*Session) // told once the session has ended, to forget it
+	eventQuota  int64          // bytes of event data its log may hold; 0: no bound
+	diskMiB     int            // its VM's writable disk; 0: the driver's default
 }
 
 func newSession(d deps, rec store.Session, set settings, ag agent.Agent) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	bus := NewBus(d.store, rec.ID, 0)
 	bus.observer = d.observer
-	return &Session{
+	s := &Session{
 		deps: d, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
 		bus: bus, agent: ag,
 		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
 		rec: rec,
 	}
+	bus.SetQuota(d.eventQuota, 0, func() { s.cancelTurn(ErrLogFull) })
+	return s
 }
 
 func (s *Session) view() View {
@@ -172,7 +176,7 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 		return nil, err
 	}
 	sb, err := s.deps.driver.Start(s.ctx, sandbox.Spec{
-		SessionID: s.id, Dir: dir, VCPUs: s.settings.VCPUs, MemoryMiB: s.settings.MemoryMiB,
+		SessionID: s.id, Dir: dir, VCPUs: s.settings.VCPUs, MemoryMiB: s.settings.MemoryMiB, DiskMiB: s.deps.diskMiB,
 		Network: s.settings.Network,
 		Progress: func(phase string) {
 			_ = s.emitStatus(phase, "")
@@ -224,6 +228,9 @@ func (s *Session) input(text string) error {
 	}
 	if len(text) > MaxMessageLen || !utf8.ValidString(text) {
 		return invalid("message must be valid UTF-8 of at most %d bytes", MaxMessageLen)
+	}
+	if s.bus.Full() {
+		return ErrLogFull
 	}
 	s.mu.Lock()
 	switch {
@@ -286,7 +293,9 @@ func (s *Session) runTurn(ctx context.Context, cancel context.CancelCauseFunc, t
 		return
 	}
 	_ = s.emitStatus("", "")
-	if err := s.agent.Turn(ctx, sb, env, text, sessionSink{s}); err != nil {
+	if err := s.agent.Turn(ctx, sb, env, text, sessionSink{s}); errors.Is(err, ErrLogFull) {
+		s.deps.log.Info("turn ended: the event log is full", "session", s.id)
+	} else if err != nil {
 		s.deps.log.Error("turn failed", "session", s.id, "err", err)
 		_ = s.bus.Emit(context.Background(), event.Error, event.ErrorData{Message: "the turn could not be recorded: " + err.Error()})
 	}
@@ -308,14 +317,14 @@ func (s *Session) endTurn(cancel context.CancelCauseFunc) {
 	}
 }
 
-// cancelTurn stops the running turn; false when none runs.
-func (s *Session) cancelTurn() bool {
+// cancelTurn stops the running turn, giving why; false when none runs.
+func (s *Session) cancelTurn(cause error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.turnCancel == nil {
 		return false
 	}
-	s.turnCancel(agent.ErrCancelled)
+	s.turnCancel(cause)
 	return true
 }
 

@@ -52,6 +52,19 @@ CREATE TABLE messages (
 	PRIMARY KEY (session_id, idx)
 ) WITHOUT ROWID;
 `,
+	// 2: browser logins (--auth token): only a SHA-256 of the random cookie
+	// value is kept, with a fingerprint of the access token it was issued
+	// under, so changing the token ends every login.
+	`
+CREATE TABLE logins (
+	hash       TEXT PRIMARY KEY,
+	token_fp   TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	last_seen  TEXT NOT NULL,
+	expires_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX logins_created ON logins(created_at);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

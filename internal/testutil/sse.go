@@ -54,10 +54,22 @@ type SSEStream struct {
 // OpenSSE opens url as an event stream. Headers are added to the request.
 func OpenSSE(tb testing.TB, client *http.Client, url string, header http.Header) *SSEStream {
 	tb.Helper()
+	s, err := DialSSE(client, url, header)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// DialSSE is OpenSSE for a goroutine other than the test's own, which may
+// not fail the test: it returns the error, and the caller closes the stream.
+func DialSSE(client *http.Client, url string, header http.Header) (*SSEStream, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		tb.Fatal(err)
+		cancel()
+		return nil, err
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -65,18 +77,17 @@ func OpenSSE(tb testing.TB, client *http.Client, url string, header http.Header)
 	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
-		tb.Fatalf("open stream %s: %v", url, err)
+		return nil, fmt.Errorf("open stream %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		cancel()
-		tb.Fatalf("open stream %s: %s: %s", url, resp.Status, body)
+		return nil, fmt.Errorf("open stream %s: %s: %s", url, resp.Status, body)
 	}
 	s := &SSEStream{Resp: resp, changed: make(chan struct{}), cancel: cancel}
 	go s.read()
-	tb.Cleanup(s.Close)
-	return s
+	return s, nil
 }
 
 // Close stops reading.

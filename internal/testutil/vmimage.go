@@ -38,6 +38,18 @@ func VMImageWithClaudeCode(tb testing.TB) image.Boot {
 	return buildVMImage(tb, "agents", image.AgentSpec{ClaudeCode: true})
 }
 
+// VMImageDir is the data directory the test images are built in: its
+// images/ holds VMImage's image as "minimal", for a server that boots it.
+func VMImageDir(tb testing.TB) string {
+	tb.Helper()
+	VMImage(tb)
+	dir := os.Getenv(TestImageDirEnv)
+	if dir == "" {
+		dir = filepath.Join("/var/tmp", "execlaw-test-images")
+	}
+	return dir
+}
+
 func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) image.Boot {
 	tb.Helper()
 	vmImages.mu.Lock()

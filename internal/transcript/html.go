@@ -10,19 +10,22 @@ import (
 	"github.com/yuin/goldmark/extension"
 	"github.com/yuin/goldmark/renderer"
 	"github.com/yuin/goldmark/util"
-
-	"github.com/execlaw/execlaw/internal/store"
 )
 
 // HTML renders the events as a self-contained HTML document, for the HTML
-// part of a mailed transcript. Everything in it comes from the Markdown
+// part of a mailed transcript, from at most max bytes of Markdown (cut with
+// a note, as Bounded does). Everything in it comes from the Markdown
 // rendering, converted safely: HTML written in messages shows as text (it is
 // escaped, never interpreted), dangerous link schemes (javascript:, data:
 // ...) are emptied, and images become text, so a mail client runs nothing
 // and loads nothing from anywhere.
-func HTML(h Header, events []store.Event) (string, error) {
+func HTML(h Header, events Events, max int) (string, error) {
+	md, _, err := bounded(h, events, max, true)
+	if err != nil {
+		return "", err
+	}
 	var body bytes.Buffer
-	if err := markdownHTML.Convert([]byte(render(h, events, true)), &body); err != nil {
+	if err := markdownHTML.Convert([]byte(md), &body); err != nil {
 		return "", fmt.Errorf("render transcript as HTML: %w", err)
 	}
 	var b bytes.Buffer

@@ -23,7 +23,7 @@ func TestHTMLIsSafeAndComplete(t *testing.T) {
 		event.ToolResult, event.ToolResultData{ID: "c1", Name: "bash", Output: "<b>hi</b>\n```\n</code></pre><script>x()</script>\n", ExitCode: intp(0), DurationMs: 12},
 		event.Error, event.ErrorData{Message: "provider <em>failed</em>"},
 	)
-	doc, err := HTML(h, events)
+	doc, err := HTML(h, Slice(events), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

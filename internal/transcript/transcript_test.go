@@ -2,6 +2,9 @@ package transcript
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +244,41 @@ func TestMarkdownSkipsEventsItCannotDecode(t *testing.T) {
 	doc := Markdown(header(), events)
 	if strings.Count(doc, "## Assistant") != 1 || !strings.Contains(doc, "still here") {
 		t.Errorf("transcript with one broken event:\n%s", doc)
+	}
+}
+
+// Write renders the same document as Markdown, event by event; Bounded cuts
+// a long one at its limit with a note; an error from the events ends the
+// document with that error.
+func TestWriteAndBounded(t *testing.T) {
+	h := Header{ID: "s_1", Name: "long", CreatedAt: time.Unix(0, 0)}
+	var events []store.Event
+	for i := range 200 {
+		data, _ := json.Marshal(event.MessageData{MessageID: "m", Role: "assistant", Content: strings.Repeat("word ", 100) + strconv.Itoa(i)})
+		events = append(events, store.Event{Seq: int64(i + 1), Type: event.Message, Data: data})
+	}
+	whole := Markdown(h, events)
+	var b strings.Builder
+	if err := Write(&b, h, Slice(events)); err != nil || b.String() != whole {
+		t.Fatalf("Write differs from Markdown (%v)", err)
+	}
+
+	md, cut, err := Bounded(h, Slice(events), len(whole))
+	if err != nil || cut || md != whole {
+		t.Fatalf("a transcript that fits: cut %v, err %v", cut, err)
+	}
+	md, cut, err = Bounded(h, Slice(events), 10<<10)
+	if err != nil || !cut || len(md) > 10<<10+200 || !strings.HasPrefix(whole, md[:10<<10]) || !strings.Contains(md, "The transcript is cut here") {
+		t.Fatalf("a long transcript: cut %v, %d bytes, err %v", cut, len(md), err)
+	}
+
+	boom := errors.New("the store went away")
+	failing := func(yield func(store.Event, error) bool) {
+		if yield(events[0], nil) {
+			yield(store.Event{}, boom)
+		}
+	}
+	if err := Write(io.Discard, h, failing); !errors.Is(err, boom) {
+		t.Fatalf("Write with a failing source: %v", err)
 	}
 }

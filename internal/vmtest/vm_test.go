@@ -5,7 +5,6 @@
 package vmtest
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -21,13 +20,11 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent"
-	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/event"
 	"github.com/execlaw/execlaw/internal/image"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/network"
-	"github.com/execlaw/execlaw/internal/sandbox/qemu"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
@@ -57,36 +54,9 @@ func newBenchEnv(t testing.TB) *env {
 // newEnvWith runs img, offering agents besides the built-in one.
 func newEnvWith(t testing.TB, img image.Boot, agents []agent.Kind) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("VM tests need root: network namespaces, TAP devices, debootstrap")
-	}
-	sweepOnce.Do(func() {
-		if err := network.SweepTestbeds("xlv"); err != nil {
-			t.Logf("removing what killed test runs left: %v", err)
-		}
-	})
-	envCounter++
-	pfx := fmt.Sprintf("xlv%d-%d-", os.Getpid(), envCounter)
-	tb, err := network.NewTestbed(pfx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tb.Close() })
-	e := &env{tb: tb, pfx: pfx, img: img}
-	e.net = vm.NewHostNetwork(network.Config{
-		HostNSPath: tb.HostNS, NetNSPrefix: pfx + "s-", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")},
-	})
-	if err := e.net.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.net.Close() })
-	d, err := qemu.New(qemu.Config{Image: e.img, Accel: qemu.AccelTCG, Network: e.net})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 8, Agents: append([]agent.Kind{builtin.Kind}, agents...)})
-	e.fake = llmtest.NewAnthropic().Attach(t)
-	return e
+	tb, pfx := newTestbed(t)
+	return newServerWith(t, tb, pfx, network.Config{NetNSPrefix: pfx + "s-", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")}},
+		img, 8, agents)
 }
 
 // session creates a VM session and waits until it is ready.

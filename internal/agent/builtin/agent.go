@@ -192,7 +192,8 @@ func (r *Runner) noteInterruption(ctx context.Context, sink agent.Sink, partial,
 	})
 }
 
-// describeError words a failed turn for the user.
+// describeError words a failed turn for the user. What a provider said is
+// shown only as the message of a JSON error (see providerMessage), bounded.
 func describeError(ctx context.Context, err error) string {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -213,27 +214,42 @@ func describeError(ctx context.Context, err error) string {
 		case pe.StatusCode != 0:
 			return fmt.Sprintf("the provider refused the request (HTTP %d): %s", pe.StatusCode, msg)
 		}
-		return "model call failed: " + pe.Error()
+		if pe.Title != "" {
+			return "model call failed: " + pe.Title + ": " + msg
+		}
+		return "model call failed: " + msg
 	}
-	return "model call failed: " + err.Error()
+	return "model call failed: " + llm.CleanMessage(err.Error())
 }
 
-// providerMessage is what the provider said. fantasy's Anthropic provider puts
-// the SDK's whole error line in Message: `POST "https://…/v1/messages": 401
-// Unauthorized (Request-ID: …) {"type":"error","error":{"type":…,"message":…}}`;
-// the message inside the JSON is the part meant for people.
+// providerMessage is what the provider said, as a message fit to show: the
+// message of its JSON error, cleaned and bounded. fantasy's Anthropic provider
+// puts the SDK's whole error line in Message: `POST "https://…/v1/messages":
+// 401 Unauthorized (Request-ID: …) {"type":"error","error":{"type":…,"message":…}}`;
+// the message inside the JSON is the part meant for people. Its OpenAI
+// provider puts the JSON's message there or, when it finds none, the whole
+// body. The clients the server builds (llm.HTTPClient) cut every error
+// answer down to its JSON message already; for any other client, an SDK
+// error whose JSON held no message shows no body either.
 func providerMessage(pe *fantasy.ProviderError) string {
 	if i := strings.IndexByte(pe.Message, '{'); i >= 0 {
-		var body struct {
-			Error struct {
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if json.Unmarshal([]byte(pe.Message[i:]), &body) == nil && body.Error.Message != "" {
-			return body.Error.Message
+		if e, ok := llm.ParseError([]byte(pe.Message[i:])); ok {
+			return e.Message
 		}
 	}
-	return pe.Message
+	// Both SDKs' HTTP errors keep the JSON they parsed (OpenAI's: the
+	// "error" object; Anthropic's: the body).
+	var sdk interface{ RawJSON() string }
+	if errors.As(pe.Cause, &sdk) {
+		if e, ok := llm.ParseError([]byte(sdk.RawJSON())); ok {
+			return e.Message
+		}
+		return llm.NoErrorMessage
+	}
+	if msg := llm.CleanMessage(pe.Message); msg != "" {
+		return msg
+	}
+	return llm.NoErrorMessage
 }
 
 func newID(prefix string) string {

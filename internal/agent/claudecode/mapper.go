@@ -17,12 +17,20 @@ import (
 	"github.com/execlaw/execlaw/internal/event"
 )
 
-// Bounds on what Claude Code may make us keep or forward.
+// Bounds on what Claude Code may make us keep or forward. The CLI runs in
+// the VM, where the agent may have replaced it: its output is as untrusted
+// as anything else from the guest. Per turn, the mapper keeps at most
+// maxOpenBlocks blocks of at most maxMessageText each and forwards at most
+// maxTurnText of text and maxTurnTools tool calls; past a bound, what
+// follows is dropped and one error_event says so.
 const (
 	maxLineBytes   = 4 << 20
 	maxToolOutput  = 32 << 10
 	maxToolInput   = 64 << 10
 	maxMessageText = 1 << 20
+	maxOpenBlocks  = 8
+	maxTurnText    = 8 << 20
+	maxTurnTools   = 256
 )
 
 // line is one stream-json object Claude Code prints. Only the fields the
@@ -78,6 +86,11 @@ type Mapper struct {
 	open      map[int]*streamBlock
 	sawStream bool
 	tools     map[string]toolCall
+
+	// What the turn has forwarded, against the per-turn bounds, and which
+	// bounds it has already been told about.
+	text, toolCalls int
+	warned          map[string]bool
 }
 
 type streamBlock struct {
@@ -93,7 +106,7 @@ type toolCall struct {
 
 // NewMapper returns a mapper writing to emit.
 func NewMapper(ctx context.Context, emit event.Emitter) *Mapper {
-	return &Mapper{emit: emit, ctx: ctx, open: map[int]*streamBlock{}, tools: map[string]toolCall{}}
+	return &Mapper{emit: emit, ctx: ctx, open: map[int]*streamBlock{}, tools: map[string]toolCall{}, warned: map[string]bool{}}
 }
 
 // Result is how a turn ended, from Claude Code's result line.
@@ -156,6 +169,16 @@ func (m *Mapper) streamEvent(raw json.RawMessage) error {
 	case "content_block_start":
 		switch e.ContentBlock.Type {
 		case "text", "thinking":
+			if prev, ok := m.open[e.Index]; ok {
+				// Started again without a stop: what it had is complete.
+				delete(m.open, e.Index)
+				if err := m.complete(prev); err != nil {
+					return err
+				}
+			}
+			if len(m.open) >= maxOpenBlocks {
+				return m.overLimit("blocks", fmt.Sprintf("Claude Code opened more than %d text blocks at once; the rest of its output in this turn is not shown", maxOpenBlocks))
+			}
 			m.open[e.Index] = &streamBlock{id: newID(), thinking: e.ContentBlock.Type == "thinking"}
 		}
 	case "content_block_delta":
@@ -170,6 +193,9 @@ func (m *Mapper) streamEvent(raw json.RawMessage) error {
 		if text == "" || b.text.Len()+len(text) > maxMessageText {
 			return nil
 		}
+		if !m.takeText(len(text)) {
+			return m.overLimit("text", fmt.Sprintf("Claude Code's answer passed %d MiB in one turn; the rest is not shown", maxTurnText>>20))
+		}
 		text = strings.ToValidUTF8(text, "\uFFFD")
 		b.text.WriteString(text)
 		return m.emit.Emit(m.ctx, typ, event.DeltaData{MessageID: b.id, Text: text})
@@ -182,6 +208,26 @@ func (m *Mapper) streamEvent(raw json.RawMessage) error {
 		return m.complete(b)
 	}
 	return nil
+}
+
+// takeText counts n bytes of text against the turn's bound; false when it
+// would pass it.
+func (m *Mapper) takeText(n int) bool {
+	if m.text+n > maxTurnText {
+		return false
+	}
+	m.text += n
+	return true
+}
+
+// overLimit tells the user, once per bound and turn, that output is being
+// dropped.
+func (m *Mapper) overLimit(bound, msg string) error {
+	if m.warned[bound] {
+		return nil
+	}
+	m.warned[bound] = true
+	return m.emit.Emit(m.ctx, event.Error, event.ErrorData{Message: msg})
 }
 
 func (m *Mapper) complete(b *streamBlock) error {
@@ -225,13 +271,27 @@ func (m *Mapper) assistant(raw json.RawMessage) error {
 			if text == "" {
 				continue
 			}
-			if err := m.emit.Emit(m.ctx, typ, event.MessageData{MessageID: newID(), Role: "assistant", Content: clip(text, maxMessageText)}); err != nil {
+			text = clip(text, maxMessageText)
+			if !m.takeText(len(text)) {
+				if err := m.overLimit("text", fmt.Sprintf("Claude Code's answer passed %d MiB in one turn; the rest is not shown", maxTurnText>>20)); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := m.emit.Emit(m.ctx, typ, event.MessageData{MessageID: newID(), Role: "assistant", Content: text}); err != nil {
 				return err
 			}
 		case "tool_use":
 			if c.ID == "" || len(c.ID) > 128 {
 				continue
 			}
+			if m.toolCalls >= maxTurnTools {
+				if err := m.overLimit("tools", fmt.Sprintf("Claude Code made more than %d tool calls in one turn; the rest are not shown", maxTurnTools)); err != nil {
+					return err
+				}
+				continue
+			}
+			m.toolCalls++
 			m.tools[c.ID] = toolCall{name: clip(c.Name, 128), start: time.Now()}
 			if err := m.emit.Emit(m.ctx, event.ToolCall, event.ToolCallData{ID: c.ID, Name: clip(c.Name, 128), Input: boundedJSON(c.Input)}); err != nil {
 				return err

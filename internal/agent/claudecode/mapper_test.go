@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -253,5 +254,104 @@ func TestResultDescribe(t *testing.T) {
 		if got := c.r.describe(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.r, got, c.want)
 		}
+	}
+}
+
+// A CLI that opens block after block without closing them, streams text
+// without end or calls tools without end cannot make the host keep or
+// forward more than the per-turn bounds; each bound is reported once.
+func TestMapHostileStreamBounded(t *testing.T) {
+	start := func(i int) string {
+		return fmt.Sprintf(`{"type":"stream_event","event":{"type":"content_block_start","index":%d,"content_block":{"type":"text"}}}`, i)
+	}
+	delta := func(i int, text string) string {
+		return fmt.Sprintf(`{"type":"stream_event","event":{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":%q}}}`, i, text)
+	}
+	stop := func(i int) string {
+		return fmt.Sprintf(`{"type":"stream_event","event":{"type":"content_block_stop","index":%d}}`, i)
+	}
+	chunk := strings.Repeat("z", 256<<10)
+	for _, tc := range []struct {
+		name  string
+		lines func(yield func(string))
+		check func(t *testing.T, m *Mapper, text, calls int)
+		warn  string
+	}{
+		{
+			name: "blocks never closed",
+			lines: func(yield func(string)) {
+				for i := range 1000 {
+					yield(start(i))
+					yield(delta(i, chunk[:16<<10]))
+				}
+			},
+			check: func(t *testing.T, m *Mapper, text, _ int) {
+				if n := len(m.open); n > maxOpenBlocks {
+					t.Errorf("%d blocks kept open", n)
+				}
+				if text > maxOpenBlocks*16<<10 {
+					t.Errorf("%d bytes forwarded from %d open blocks", text, maxOpenBlocks)
+				}
+			},
+			warn: "opened more than 8 text blocks",
+		},
+		{
+			name: "text without end",
+			lines: func(yield func(string)) {
+				for i := range 3 * maxTurnText / maxMessageText {
+					yield(start(i))
+					for range maxMessageText / len(chunk) {
+						yield(delta(i, chunk))
+					}
+					yield(stop(i))
+				}
+			},
+			check: func(t *testing.T, _ *Mapper, text, _ int) {
+				if text > maxTurnText || text < maxTurnText-len(chunk) {
+					t.Errorf("%d bytes of deltas forwarded, bound %d", text, maxTurnText)
+				}
+			},
+			warn: "passed 8 MiB in one turn",
+		},
+		{
+			name: "tool calls without end",
+			lines: func(yield func(string)) {
+				for i := range maxTurnTools + 50 {
+					yield(fmt.Sprintf(`{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t%d","name":"Bash","input":{}}]}}`, i))
+				}
+			},
+			check: func(t *testing.T, m *Mapper, _, calls int) {
+				if calls != maxTurnTools || len(m.tools) > maxTurnTools {
+					t.Errorf("%d tool calls forwarded, %d kept; bound %d", calls, len(m.tools), maxTurnTools)
+				}
+			},
+			warn: "more than 256 tool calls",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := agenttest.NewRecorder(t)
+			m := NewMapper(t.Context(), s)
+			tc.lines(func(line string) {
+				if _, err := m.Line([]byte(line)); err != nil {
+					t.Fatal(err)
+				}
+			})
+			var text, calls int
+			var warnings []string
+			for _, e := range s.Events() {
+				switch e.Type {
+				case event.MessageDelta:
+					text += len(e.Data["text"].(string))
+				case event.ToolCall:
+					calls++
+				case event.Error:
+					warnings = append(warnings, e.Data["message"].(string))
+				}
+			}
+			tc.check(t, m, text, calls)
+			if len(warnings) != 1 || !strings.Contains(warnings[0], tc.warn) {
+				t.Errorf("error events %q, want one saying %q", warnings, tc.warn)
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -117,6 +118,7 @@ type Server struct {
 	models     []string
 	key        string
 	unscripted []string
+	also       []*http.Server // ServeOn's
 }
 
 // step is one queued reply: a scripted turn, or a cassette response that
@@ -264,7 +266,25 @@ func (s *Server) Close() {
 	s.once.Do(func() {
 		close(s.done)
 		s.ts.Close()
+		s.mu.Lock()
+		also := s.also
+		s.mu.Unlock()
+		for _, srv := range also {
+			srv.Close()
+		}
 	})
+}
+
+// ServeOn serves the same fake, with the same script, on ln as well (a
+// listener in a network namespace of the test's, where the server under
+// test runs) and returns the base URL to reach it there.
+func (s *Server) ServeOn(ln net.Listener) string {
+	srv := &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second}
+	s.mu.Lock()
+	s.also = append(s.also, srv)
+	s.mu.Unlock()
+	go srv.Serve(ln)
+	return s.dialect.baseURL("http://" + ln.Addr().String())
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {

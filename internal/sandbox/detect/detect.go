@@ -42,6 +42,8 @@ type Options struct {
 	// Firecracker builds the firecracker driver when its binary and KVM are
 	// there; nil means this build has none.
 	Firecracker func(binary string, img image.Boot) (sandbox.Driver, error)
+	// Resources confines the VMMs of the QEMU driver (cgroups, OOM scores).
+	Resources vm.Resources
 }
 
 // Finding is one thing looked at.
@@ -179,7 +181,7 @@ func Choose(ctx context.Context, o Options) (sandbox.Driver, Report, error) {
 				why += "; firecracker is not installed"
 			}
 			d, err := qemu.New(qemu.Config{Image: img, Accel: accel, Network: o.Network, Logger: o.Logger, Binary: qemuBin,
-				VhostVsock: vsockErr == nil})
+				VhostVsock: vsockErr == nil, Resources: o.Resources})
 			if err == nil {
 				r.Driver, r.Reason = d.Name(), why
 				r.ImageAgents = vmAgents

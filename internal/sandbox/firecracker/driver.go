@@ -48,6 +48,10 @@ type Config struct {
 	// Network provides TAP devices; nil means sessions get no network, even
 	// when they ask for "full".
 	Network NetworkProvider
+	// Resources confines each Firecracker: a cgroup of its own sized
+	// ReservedMiB (made by the jailer, through its --cgroup flags, when
+	// jailed), and a raised OOM score.
+	Resources vm.Resources
 }
 
 const (
@@ -113,7 +117,10 @@ type Driver struct {
 	t   timeouts
 }
 
-var _ sandbox.Driver = (*Driver)(nil)
+var (
+	_ sandbox.Driver         = (*Driver)(nil)
+	_ sandbox.MemoryReserver = (*Driver)(nil)
+)
 
 // New checks cfg and returns a driver.
 func New(cfg Config) (*Driver, error) {
@@ -137,6 +144,13 @@ func New(cfg Config) (*Driver, error) {
 		}
 		if os.Geteuid() != 0 {
 			return nil, errors.New("firecracker driver: the jailer needs root")
+		}
+		if cfg.Resources.Cgroups != nil {
+			for _, a := range cfg.JailerArgs {
+				if name, _, _ := strings.Cut(a, "="); name == "--cgroup" || name == "--cgroup-version" || name == "--parent-cgroup" {
+					return nil, fmt.Errorf("firecracker driver: JailerArgs has %s, but the driver gives the jailer each VM's cgroup itself", name)
+				}
+			}
 		}
 	}
 	if err := cfg.Image.Check(true); err != nil {
@@ -178,6 +192,13 @@ func (d *Driver) Name() string { return "firecracker" }
 
 // Isolated implements sandbox.Driver: a microVM is a security boundary.
 func (d *Driver) Isolated() bool { return true }
+
+// ReservedMiB implements sandbox.MemoryReserver: the guest's memory plus
+// Firecracker's overhead, the limit of its cgroup.
+func (d *Driver) ReservedMiB(spec sandbox.Spec) int {
+	mc, _ := machineConfig(spec)
+	return mc.MemSizeMiB + vm.FirecrackerOverheadMiB(mc.MemSizeMiB)
+}
 
 // layout is where one VM's files are: on the host, and as Firecracker names
 // them (inside the jail, or relative to its working directory).
@@ -242,7 +263,7 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	}
 
 	// The writable disk: sparse, so this never copies anything.
-	if err := vm.NewWritableDisk(ctx, l.rwHost, vm.DefaultDiskMiB); err != nil {
+	if err := vm.NewWritableDisk(ctx, l.rwHost, spec.DiskMiB); err != nil {
 		return nil, fmt.Errorf("writable disk: %w", err)
 	}
 	if err := d.placeFiles(l, id); err != nil {
@@ -265,10 +286,11 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	}
 
 	progress("vmm")
-	cmd, err := d.command(l, id)
+	cmd, vmm, err := d.command(l, id, spec, mc)
 	if err != nil {
 		return nil, sb.abort(err)
 	}
+	sb.vmm = vmm
 	if err := sb.startVMM(cmd); err != nil {
 		return nil, sb.abort(err)
 	}
@@ -323,15 +345,20 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 
 // command is the VMM's command line: firecracker itself (without the
 // server's ambient capabilities), or the jailer (which drops privileges
-// itself).
-func (d *Driver) command(l *layout, id string) (*exec.Cmd, error) {
+// itself), and its confinement: a cgroup it starts in (the jailer makes it
+// and moves into it itself) and a raised OOM score.
+func (d *Driver) command(l *layout, id string, spec sandbox.Spec, mc MachineConfig) (*exec.Cmd, *vm.VMM, error) {
 	var cmd *exec.Cmd
+	var vmm *vm.VMM
+	total := d.ReservedMiB(spec)
 	if l.jailBase != "" {
-		cmd = exec.Command(d.cfg.JailerBinary, d.jailerArgs(id, l.jailBase)...)
+		var cgArgs []string
+		vmm, cgArgs = d.cfg.Resources.Jailed(id, "Firecracker", mc.MemSizeMiB, total, mc.VCPUCount)
+		cmd = exec.Command(d.cfg.JailerBinary, d.jailerArgs(id, l.jailBase, cgArgs)...)
 	} else {
 		argv, err := vm.WithoutAmbientCaps([]string{d.cfg.Binary, "--api-sock", l.apiSock, "--id", id})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cmd = exec.Command(argv[0], argv[1:]...)
 	}
@@ -349,5 +376,11 @@ func (d *Driver) command(l *layout, id string) (*exec.Cmd, error) {
 		// a crashed server.
 		Pdeathsig: syscall.SIGKILL,
 	}
-	return cmd, nil
+	if vmm == nil {
+		var err error
+		if vmm, err = d.cfg.Resources.Confine(cmd, spec.SessionID, "Firecracker", mc.MemSizeMiB, total, mc.VCPUCount); err != nil {
+			return nil, nil, fmt.Errorf("the VM's cgroup: %w", err)
+		}
+	}
+	return cmd, vmm, nil
 }

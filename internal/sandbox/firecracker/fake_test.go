@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,13 +92,25 @@ func fakeJailer(args []string) int {
 	uid := fs.Int("uid", -1, "")
 	gid := fs.Int("gid", -1, "")
 	base := fs.String("chroot-base-dir", "/srv/jailer", "")
-	fs.String("cgroup-version", "1", "")
+	cgVersion := fs.String("cgroup-version", "1", "")
+	parent := fs.String("parent-cgroup", "", "")
+	var cgroups []string
+	fs.Func("cgroup", "", func(v string) error { cgroups = append(cgroups, v); return nil })
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *id == "" || *uid < 0 || *gid < 0 || !strings.Contains(filepath.Base(*execFile), "firecracker") {
 		fmt.Fprintln(os.Stderr, "fake jailer: bad arguments", args)
 		return 2
+	}
+	if len(cgroups) > 0 {
+		if *parent == "" {
+			*parent = filepath.Base(*execFile)
+		}
+		if err := fakeJailerCgroups(*cgVersion, *parent, *id, cgroups); err != nil {
+			fmt.Fprintln(os.Stderr, "fake jailer:", err)
+			return 1
+		}
 	}
 	// Like the jailer: the root is <base>/<exec file name>/<id>/root, owned
 	// by the jail's user. Unlike it, no chroot and no privilege drop: the
@@ -118,6 +132,58 @@ func fakeJailer(args []string) int {
 	err = syscall.Exec(*execFile, argv, []string{fakeJailRootEnv + "=" + root})
 	fmt.Fprintln(os.Stderr, "fake jailer: exec:", err)
 	return 1
+}
+
+// fakeJailerCgroups does what the jailer's docs (docs/jailer.md, "Jailer
+// Operation") say it does with --cgroup: for each controller's mount (from
+// /proc/mounts) it creates <mount>/<parent>/<id>, writes each value to its
+// file, and then moves itself in.
+func fakeJailerCgroups(version, parent, id string, settings []string) error {
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return err
+	}
+	mountOf := func(ctrl string) string {
+		for _, line := range strings.Split(string(mounts), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 4 {
+				continue
+			}
+			if version == "2" && f[2] == "cgroup2" || version == "1" && f[2] == "cgroup" && slices.Contains(strings.Split(f[3], ","), ctrl) {
+				return f[1]
+			}
+		}
+		return ""
+	}
+	var dirs []string
+	for _, s := range settings {
+		file, value, ok := strings.Cut(s, "=")
+		ctrl, _, _ := strings.Cut(file, ".")
+		mnt := mountOf(ctrl)
+		if !ok || mnt == "" {
+			return fmt.Errorf("--cgroup %s: no hierarchy for %s", s, ctrl)
+		}
+		dir := filepath.Join(mnt, parent, id)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0); err != nil {
+			return err
+		}
+		if !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	procs := "tasks"
+	if version == "2" {
+		procs = "cgroup.procs"
+	}
+	for _, dir := range dirs {
+		if err := os.WriteFile(filepath.Join(dir, procs), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type fakeVMM struct {
@@ -150,6 +216,17 @@ func fakeFirecracker(args []string) int {
 		_ = os.WriteFile(cfg.PidFile, []byte(strconv.Itoa(os.Getpid())), 0o600)
 	}
 	fmt.Printf("fake firecracker %s starting\n", *id)
+	// SIGUSR1 makes the VMM take a GiB of memory, as a VMM gone wrong would.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		<-usr1
+		b := make([]byte, 1<<30)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		fmt.Println("took a GiB")
+	}()
 	if cfg.ExitAtStart {
 		fmt.Fprintln(os.Stderr, "fake firecracker: KVM is not available on this host")
 		return 1

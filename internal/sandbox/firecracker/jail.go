@@ -164,9 +164,10 @@ func checkShared(path string, uid, gid int) error {
 	return nil
 }
 
-// jailerArgs is the jailer's command line. Nothing after "--" may name a host
-// path: Firecracker sees only the jail.
-func (d *Driver) jailerArgs(id, base string) []string {
+// jailerArgs is the jailer's command line, with cgroup its flags for the
+// VM's cgroup. Nothing after "--" may name a host path: Firecracker sees
+// only the jail.
+func (d *Driver) jailerArgs(id, base string, cgroup []string) []string {
 	args := []string{
 		"--id", id,
 		"--exec-file", d.cfg.Binary,
@@ -175,6 +176,7 @@ func (d *Driver) jailerArgs(id, base string) []string {
 		"--chroot-base-dir", base,
 	}
 	args = append(args, d.cfg.JailerArgs...)
+	args = append(args, cgroup...)
 	// The jailer passes --id to Firecracker itself.
 	return append(args, "--", "--api-sock", "/"+apiSockName)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/execlaw/execlaw/internal/guest"
 	"github.com/execlaw/execlaw/internal/sandbox"
+	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
 
 // workspace is where the guest init puts the agent's working directory.
@@ -35,6 +36,7 @@ type Sandbox struct {
 	cmd     *exec.Cmd // nil until the VMM is started
 	pid     int
 	logFile *os.File
+	vmm     *vm.VMM // its cgroup and OOM score; nil until command
 
 	exited  chan struct{} // closed once the VMM has been reaped
 	waitErr error         // how it ended; written before exited is closed
@@ -77,6 +79,11 @@ func (s *Sandbox) startVMM(cmd *exec.Cmd) error {
 	} else {
 		err = cmd.Start()
 	}
+	pid := 0
+	if err == nil {
+		pid = cmd.Process.Pid
+	}
+	s.vmm.Started(pid)
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("starting %s: %w", filepath.Base(cmd.Path), err)
@@ -93,7 +100,11 @@ func (s *Sandbox) wait() {
 	}
 	s.logFile.Close() // Wait has finished copying the VMM's output
 	s.waitErr = err
-	crash := withTail(fmt.Errorf("firecracker: the VMM exited on its own: %v", err), s.l.logPath)
+	crash := fmt.Errorf("firecracker: the VMM exited on its own: %v", err)
+	if s.vmm.OOMKilled() { // read before release removes the cgroup
+		crash = fmt.Errorf("firecracker: %s: %v", s.vmm.OOMReason(), err)
+	}
+	crash = withTail(crash, s.l.logPath)
 	close(s.exited)
 	if _, expected := s.exit.Expected(); expected {
 		s.log.Info("firecracker exited", "pid", s.pid, "status", err)
@@ -303,6 +314,10 @@ func (s *Sandbox) release() {
 				errs = append(errs, fmt.Errorf("network teardown: %w", err))
 			}
 			cancel()
+		}
+		// The VMM has exited (or is killed with whatever else is in it).
+		if err := s.vmm.Release(); err != nil {
+			errs = append(errs, fmt.Errorf("removing the VM's cgroup: %w", err))
 		}
 		s.releaseErr = errors.Join(errs...)
 		if s.releaseErr != nil {

@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -45,11 +46,12 @@ type Config struct {
 	Logger  *slog.Logger
 	// BootTimeout bounds a boot; 0 means 120s under TCG, 30s under KVM.
 	BootTimeout time.Duration
-	// DiskMiB is the size of each session's sparse writable disk.
-	DiskMiB int
 	// VhostVsock uses a vhost-vsock device for the control channel (the host
 	// needs /dev/vhost-vsock) instead of virtio-serial with yamux.
 	VhostVsock bool
+	// Resources confines each QEMU: a cgroup of its own sized
+	// ReservedMiB, and a raised OOM score.
+	Resources vm.Resources
 }
 
 // Driver starts QEMU sandboxes.
@@ -58,7 +60,10 @@ type Driver struct {
 	log *slog.Logger
 }
 
-var _ sandbox.Driver = (*Driver)(nil)
+var (
+	_ sandbox.Driver         = (*Driver)(nil)
+	_ sandbox.MemoryReserver = (*Driver)(nil)
+)
 
 // New checks cfg.
 func New(cfg Config) (*Driver, error) {
@@ -81,9 +86,6 @@ func New(cfg Config) (*Driver, error) {
 			cfg.BootTimeout = 30 * time.Second
 		}
 	}
-	if cfg.DiskMiB == 0 {
-		cfg.DiskMiB = vm.DefaultDiskMiB
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -96,6 +98,16 @@ func (d *Driver) Name() string { return "qemu-" + d.cfg.Accel }
 
 // Isolated is true: the agent runs in its own VM.
 func (d *Driver) Isolated() bool { return true }
+
+// guestMiB is the memory a VM of spec gets.
+func guestMiB(spec sandbox.Spec) int { return max(spec.MemoryMiB, 128) }
+
+// ReservedMiB is the memory a VM of spec and its QEMU may use: the guest's
+// plus QEMU's overhead, its cgroup's limit.
+func (d *Driver) ReservedMiB(spec sandbox.Spec) int {
+	g := guestMiB(spec)
+	return g + vm.QEMUOverheadMiB(g)
+}
 
 // Start boots a VM for spec and returns once its guest API answers.
 func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, err error) {
@@ -120,7 +132,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	}()
 
 	progress("disk")
-	if err := vm.NewWritableDisk(ctx, filepath.Join(spec.Dir, "rw.ext4"), d.cfg.DiskMiB); err != nil {
+	if err := vm.NewWritableDisk(ctx, filepath.Join(spec.Dir, "rw.ext4"), spec.DiskMiB); err != nil {
 		return nil, err
 	}
 	boot := guest.BootConfig{Channel: "serial", Hostname: "execlaw-" + shortID(spec.SessionID)}
@@ -146,18 +158,30 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.OpenFile(filepath.Join(spec.Dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
+	if s.logs, err = openLogs(spec.Dir); err != nil {
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Stdout, cmd.Stderr = s.logs.console, s.logs.qemu
+	// Its cgroup, which it starts in: QEMU allocates guest memory as soon
+	// as it runs.
+	if s.vmm, err = d.cfg.Resources.Confine(cmd, spec.SessionID, "QEMU", guestMiB(spec), d.ReservedMiB(spec), spec.VCPUs); err != nil {
+		s.logs.Close()
+		return nil, fmt.Errorf("the VM's cgroup: %w", err)
+	}
 	vmmStart := time.Now()
 	if s.net != nil {
 		err = s.net.Start(cmd)
 	} else {
 		err = cmd.Start()
 	}
-	logFile.Close()
+	if err != nil {
+		s.logs.Close() // else wait closes them once QEMU has exited
+	}
+	pid := 0
+	if err == nil {
+		pid = cmd.Process.Pid
+	}
+	s.vmm.Started(pid)
 	if err != nil {
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
@@ -219,7 +243,7 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		accel = "tcg,tb-size=64"
 	}
 	vcpus := max(spec.VCPUs, 1)
-	mem := max(spec.MemoryMiB, 128)
+	mem := guestMiB(spec)
 	args := []string{
 		"-name", "execlaw-" + shortID(spec.SessionID),
 		"-machine", "microvm,rtc=on", "-accel", accel,
@@ -229,7 +253,7 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		// Seccomp: no new privileges, no spawning, no obsolete syscalls.
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", d.cfg.Image.KernelELF, "-initrd", d.cfg.Image.Initramfs, "-append", append_,
-		"-chardev", "file,id=console,path=" + filepath.Join(spec.Dir, "console.log"),
+		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-drive", "id=base,file=" + d.cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=base",
@@ -279,4 +303,37 @@ func randomCID() uint32 {
 	var b [4]byte
 	rand.Read(b[:])
 	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<31)
+}
+
+// maxLogBytes caps console.log and qemu.log each.
+const maxLogBytes = 1 << 20
+
+// logs are where QEMU's output goes: the guest's console is QEMU's stdout
+// (a stdio chardev), QEMU's own messages its stderr, each into a capped
+// file. The guest controls its console, and must not fill the host's disk
+// with it. exec copies both pipes until QEMU exits; then they are closed.
+type logs struct {
+	console, qemu io.Writer
+	files         []*os.File
+}
+
+func openLogs(dir string) (*logs, error) {
+	l := &logs{}
+	for _, name := range []string{"console.log", "qemu.log"} {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.files = append(l.files, f)
+	}
+	l.console = sandbox.NewCappedWriter(l.files[0], maxLogBytes)
+	l.qemu = sandbox.NewCappedWriter(l.files[1], maxLogBytes)
+	return l, nil
+}
+
+func (l *logs) Close() {
+	for _, f := range l.files {
+		f.Close()
+	}
 }

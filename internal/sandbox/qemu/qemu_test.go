@@ -233,3 +233,28 @@ func fileHash(t *testing.T, p string) string {
 	}
 	return string(h.Sum(nil))
 }
+
+// A guest writing without end to its serial console cannot fill the host's
+// disk: console.log stops at its cap, says so, and the VM runs on.
+func TestConsoleCapped(t *testing.T) {
+	d, _ := newDriver(t)
+	sb, dir := start(t, d, context.Background())
+	res, _ := run(t, sb, "head -c 1500000 /dev/urandom | base64 -w 0 > /dev/ttyS0; echo done")
+	if res.ExitCode != 0 {
+		t.Fatalf("writing to the console: exit %d", res.ExitCode)
+	}
+	if _, out := run(t, sb, "echo still here"); out != "still here\n" {
+		t.Fatalf("the VM after its console filled: %q", out)
+	}
+	st, err := os.Stat(filepath.Join(dir, "console.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > maxLogBytes+256 {
+		t.Fatalf("console.log is %d bytes, cap %d", st.Size(), maxLogBytes)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
+	if !bytes.Contains(b, []byte("further output dropped")) {
+		t.Fatalf("console.log (%d bytes) does not say it was cut", len(b))
+	}
+}

@@ -22,11 +22,13 @@ type Sandbox struct {
 	d       *Driver
 	id, dir string
 	cmd     *exec.Cmd
+	logs    *logs // QEMU's capped output files, closed once it has exited
 	net     vm.NetAttachment
 	channel *guest.SerialChannel // virtio-serial, reached in socks, or
 	socks   *sandbox.SocketDir
 	cid     uint32 // the vhost-vsock context id
 	client  *guest.Client
+	vmm     *vm.VMM // QEMU's cgroup and OOM score
 	timings map[string]time.Duration
 
 	exit    sandbox.Exit // Exited once QEMU has been reaped
@@ -66,8 +68,14 @@ func (s *Sandbox) ExitError() error { return s.exit.Err() }
 
 func (s *Sandbox) wait() {
 	err := s.cmd.Wait()
+	s.logs.Close() // Wait has copied all QEMU wrote
 	s.waitErr = err
 	msg := "the VM exited"
+	if s.vmm.OOMKilled() {
+		// Read before release removes the cgroup, and said first: it is
+		// why QEMU got the SIGKILL the status shows.
+		msg = s.vmm.OOMReason()
+	}
 	if err != nil {
 		msg += ": " + err.Error()
 	}
@@ -233,6 +241,9 @@ func (s *Sandbox) release(ctx context.Context) error {
 	if s.net != nil {
 		err = s.d.cfg.Network.Teardown(ctx, s.net)
 	}
+	// After kill: QEMU has been reaped, and anything left in its cgroup
+	// is killed with it.
+	err = errors.Join(err, s.vmm.Release())
 	os.Remove(filepath.Join(s.dir, ctlSockName))
 	os.Remove(filepath.Join(s.dir, "rw.ext4"))
 	return err

@@ -15,6 +15,9 @@ import (
 // HostNetwork is the VM drivers' NetworkProvider on a real host: the
 // internal/network manager, created on first use so that a server that never
 // starts a networked VM never touches the host's firewall or forwarding.
+// Give cfg the server's Instance (network.InstanceID of its data directory)
+// so that servers sharing a host keep to their own names, pool block and
+// firewall table, and sweep only their own leftovers.
 type HostNetwork struct {
 	cfg network.Config
 
@@ -27,7 +30,9 @@ type HostNetwork struct {
 // first needed.
 func NewHostNetwork(cfg network.Config) *HostNetwork { return &HostNetwork{cfg: cfg} }
 
-// Init creates the manager now and removes what an earlier run left behind.
+// Init creates the manager now (claiming this instance's block of the
+// address pool) and removes what an earlier run of the same instance left
+// behind; other instances' resources are not touched.
 func (h *HostNetwork) Init(ctx context.Context) error {
 	m, err := h.manager()
 	if err != nil {
@@ -91,6 +96,11 @@ func (h hostAttachment) GuestIP() netip.Prefix     { return h.a.GuestIP }
 func (h hostAttachment) Gateway() netip.Addr       { return h.a.Gateway }
 func (h hostAttachment) DNS() []netip.Addr         { return h.a.DNS }
 func (h hostAttachment) Start(cmd *exec.Cmd) error { return h.a.Start(cmd) }
+
+// Describe says, without changing anything, which instance this is, the
+// block of the address pool it holds or would claim, the other instances on
+// this host, and what guests may reach.
+func (h *HostNetwork) Describe() (network.Info, error) { return network.Describe(h.cfg) }
 
 // Check says whether networking can work here, without changing anything.
 func (h *HostNetwork) Check() error {

@@ -13,7 +13,8 @@ import (
 	"strconv"
 )
 
-// DefaultDiskMiB is the size of a session's writable disk. It is sparse: it
+// DefaultDiskMiB is the size of a session's writable disk when its spec
+// names none. It is sparse: it
 // takes only what the guest writes.
 const DefaultDiskMiB = 8 << 10
 
@@ -21,6 +22,9 @@ const DefaultDiskMiB = 8 << 10
 // with an empty ext4 filesystem the guest mounts as the upper layer of its
 // root overlay. Creating it never copies the base image.
 func NewWritableDisk(ctx context.Context, path string, sizeMiB int) error {
+	if sizeMiB <= 0 {
+		sizeMiB = DefaultDiskMiB
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
