@@ -16,7 +16,8 @@ type Spec struct {
 	SessionID string
 	// Dir is a host directory that belongs to this sandbox alone (sockets, disks,
 	// the process driver's workspace). It exists and is empty when Start is
-	// called; the session manager removes it after Stop.
+	// called, unless Resume; the session manager removes it after Stop, and
+	// keeps it while the session is paused.
 	Dir string
 	// VCPUs and MemoryMiB size a VM, DiskMiB its writable disk (0: the
 	// driver's default); the process driver ignores them.
@@ -25,6 +26,10 @@ type Spec struct {
 	DiskMiB   int
 	// Network is "full" or "none".
 	Network string
+	// Resume says Dir holds this session's sandbox from before (its
+	// writable disk, the process driver's workspace), kept across a pause
+	// or a restart: boot afresh on it rather than on an empty one.
+	Resume bool
 	// Progress, when set, is told each boot phase as it begins ("vmm", "kernel",
 	// "init", "guest-api"...), so the UI can show where a slow boot is.
 	Progress func(phase string)
