@@ -25,9 +25,12 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Figures, not pass/fail: event fan-out throughput and delay.
+# Figures, not pass/fail: event fan-out throughput and delay; sandbox
+# create-to-ready by part; pause, resume (snapshot and cold) and snapshot
+# size beside a cold boot.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
+	$(GO) test -run '^$$' -bench 'CreateToReady|PauseResume' -benchtime 5x -timeout 30m ./internal/vmtest/
 
 # Pictures of the web UI's main views for the README (headless Chromium, the
 # fake LLM), written to docs/screenshots/.

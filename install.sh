@@ -6,8 +6,12 @@
 # checks or rewrites its own files, and the image build reuses what is
 # unchanged. It does not start the service unless asked:
 #
-#   sudo ./install.sh            install or update
-#   sudo ./install.sh --enable   ... and enable and (re)start the service
+#   sudo ./install.sh               install or update
+#   sudo ./install.sh --enable      ... and enable and (re)start the service
+#   sudo ./install.sh --key-store   ... and keep provider API keys across
+#                                   restarts: an operator key encrypted with
+#                                   systemd-creds, and a drop-in that hands
+#                                   it to the service (README.md, Key store)
 #
 # Environment: EXECLAW_IMAGE_PROFILE (dev or minimal, default dev) picks the
 # guest image; EXECLAW_SKIP_IMAGE=1 skips building it.
@@ -18,11 +22,13 @@ log() { echo "install: $*"; }
 warn() { echo "install: warning: $*" >&2; }
 
 enable=0
+key_store=0
 for arg in "$@"; do
 	case "$arg" in
 	--enable) enable=1 ;;
+	--key-store) key_store=1 ;;
 	-h | --help)
-		sed -n '2,15p' "$0"
+		sed -n '2,17p' "$0"
 		exit 0
 		;;
 	*)
@@ -131,8 +137,41 @@ fi
 chown -R "$user:$user" "$data_dir"
 chmod 0750 "$data_dir"
 
-# 6. The systemd unit.
+# 6. The systemd unit, and with --key-store the operator key that seals
+# provider API keys at rest (see README.md): 32 random bytes as hex, piped
+# straight into systemd-creds (host key, and the TPM2 chip if there is one),
+# so they are never on disk in the clear, and a drop-in that passes them to
+# the service as a credential. An existing key is kept: a new one could not
+# open the keys sealed with the old. The drop-in stays until removed.
 install -m 0644 packaging/execlaw.service "$unit"
+if [ $key_store -eq 1 ]; then
+	cred=/etc/credstore.encrypted/execlaw-keystore
+	dropin=/etc/systemd/system/execlaw.service.d/keystore.conf
+	if ! command -v systemd-creds >/dev/null; then
+		echo "install: --key-store needs systemd-creds (systemd 250 or later)" >&2
+		exit 1
+	fi
+	install -d -o root -g root -m 0700 "$(dirname "$cred")"
+	if [ ! -e "$cred" ]; then
+		od -An -N32 -tx1 /dev/urandom | tr -d ' \n' |
+			systemd-creds encrypt --name=execlaw-keystore - "$cred"
+		chmod 0600 "$cred"
+		log "wrote the key store's operator key, encrypted: $cred"
+	else
+		log "keeping the key store's operator key $cred"
+	fi
+	install -d -o root -g root -m 0755 "$(dirname "$dropin")"
+	cat >"$dropin" <<EOF
+# Written by install.sh --key-store: provider API keys are sealed at rest
+# with the operator key in $cred.
+# Remove this file to keep keys in memory only.
+[Service]
+LoadCredentialEncrypted=execlaw-keystore:$cred
+Environment=EXECLAW_KEY_STORE=credential:execlaw-keystore
+EOF
+	chmod 0644 "$dropin"
+	log "wrote $dropin"
+fi
 if command -v systemd-analyze >/dev/null; then
 	systemd-analyze verify "$unit"
 fi

@@ -33,7 +33,7 @@ func runVMInit() {
 	sctx, stop := context.WithCancel(ctx)
 	srv := guest.NewServer(guest.ServerConfig{
 		Workspace: "/workspace", Home: "/root", Logger: log, OnShutdown: stop, Reaper: reaper, Boot: &b.Times,
-		Init: vminit.Initializer(log),
+		Init: vminit.Initializer(log), SyncWrites: true,
 	})
 	log.Info("execlaw-guest serving", "channel", b.Config.Channel, "kernelMs", b.Times.KernelMs, "initMs", b.Times.InitMs)
 	if err := srv.Serve(sctx, ln); err != nil {

@@ -32,6 +32,7 @@ Commands:
   serve     run the server (execlaw serve --help for its flags)
   image     build, list and verify guest images (execlaw image for details)
   doctor    show which sandbox this host can run, and why
+  keystore  keystore init PATH: make a key file for --key-store file:PATH
   version   print the version
 `
 
@@ -47,6 +48,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return doctor(ctx, args[1:], getenv, stdout, stderr)
 	case "image":
 		return imageCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "keystore":
+		return keystoreCmd(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "execlaw", version.String())
 		return nil

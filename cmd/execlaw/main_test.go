@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -145,14 +147,18 @@ func (s *server) post(t *testing.T, path string, body any) []byte {
 }
 
 // The real binary, killed with SIGKILL in the middle of a session: its guest
-// dies with it, and the next start marks the session stopped and replays its
-// transcript unchanged. A SIGTERM then shuts down cleanly.
+// dies with it, and the next start replays the transcript unchanged and has
+// the session paused, to resume cold on its files once given its key again
+// (keys live in memory only). A SIGTERM then pauses the sessions and exits
+// cleanly, leaving no process.
 func TestKilledServerLosesNothing(t *testing.T) {
 	bin := testutil.Binary(t, "execlaw")
 	testutil.GuestBinary(t) // next to execlaw, where serve looks for it
 	fake := llmtest.NewAnthropic(
 		llmtest.Turn{ToolCalls: []llmtest.ToolCall{{Name: "bash", Input: `{"command":"echo persisted > note.txt; cat note.txt"}`}}},
 		llmtest.Turn{Text: "Wrote the note."},
+		llmtest.Turn{ToolCalls: []llmtest.ToolCall{{Name: "bash", Input: `{"command":"cat note.txt"}`}}},
+		llmtest.Turn{Text: "Read the note."},
 	).Attach(t)
 	dataDir := t.TempDir()
 	srv := startServer(t, bin, dataDir)
@@ -180,14 +186,33 @@ func TestKilledServerLosesNothing(t *testing.T) {
 	if len(after) <= len(before) || !reflect.DeepEqual(after[:len(before)], before) {
 		t.Fatalf("replay after kill -9 differs:\nbefore %s\nafter  %s", testutil.Summary(before), testutil.Summary(after))
 	}
-	if last := after[len(after)-1]; last.Type != event.Exit || !strings.Contains(last.Field("reason"), "restarted") {
+	if last := after[len(after)-1]; last.Type != event.Status || last.Field("state") != "paused" || !strings.Contains(last.Field("message"), "killed") {
 		t.Fatalf("last event after restart: %s %s", last.Type, last.Data)
 	}
-	if _, err := os.Stat(sandboxDir); !os.IsNotExist(err) {
-		t.Fatalf("sandbox directory survived the restart: %v", err)
+	// Without its key it cannot resume; with it, it does, cold, on its files.
+	resp, err := http.Post(srv.url+"/api/sessions/"+s.ID+"/input", "application/json", strings.NewReader(`{"message":"read the note"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), `"keyNeeded":true`) {
+		t.Fatalf("input to a session whose key is gone: %d %s", resp.StatusCode, body)
+	}
+	srv.post(t, "/api/sessions/"+s.ID+"/resume", map[string]string{"apiKey": "k"})
+	srv.post(t, "/api/sessions/"+s.ID+"/input", map[string]string{"message": "read the note"})
+	resumed := testutil.OpenSSE(t, http.DefaultClient, srv.url+"/api/sessions/"+s.ID+"/stream", http.Header{"Last-Event-ID": {strconv.FormatInt(after[len(after)-1].ID, 10)}})
+	if e := resumed.WaitType(t, 30*time.Second, event.Resumed, 1); e.Field("kind") != event.ResumeCold {
+		t.Fatalf("resumed: %s", e.Data)
+	}
+	resumed.WaitType(t, 30*time.Second, event.AgentIdle, 1)
+	if i := slices.IndexFunc(resumed.Events(), func(e testutil.SSEEvent) bool { return e.Type == event.ToolResult }); i < 0 ||
+		resumed.Events()[i].Field("output") != "persisted\n" {
+		t.Fatalf("the note after a cold resume: %s", testutil.Summary(resumed.Events()))
 	}
 
-	// Graceful stop: SIGTERM, exit status 0, nothing left.
+	// Graceful stop: SIGTERM pauses the sessions (keeping their files),
+	// exit status 0, no process left.
 	json.Unmarshal(srv.post(t, "/api/sessions", map[string]any{
 		"provider": "anthropic", "apiKey": "k", "model": "claude-sonnet-4-20250514", "baseUrl": fake.BaseURL(),
 	}), &s)

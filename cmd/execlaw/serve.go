@@ -24,6 +24,7 @@ import (
 	"github.com/execlaw/execlaw/internal/api"
 	"github.com/execlaw/execlaw/internal/egress"
 	"github.com/execlaw/execlaw/internal/image"
+	"github.com/execlaw/execlaw/internal/keystore"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/mail"
 	"github.com/execlaw/execlaw/internal/metrics"
@@ -54,6 +55,10 @@ type serveConfig struct {
 	LLMRetries    int
 	// MaxEventLogMiB bounds one session's event log.
 	MaxEventLogMiB int
+	// PauseAfterMin pauses idle sessions; MaxPaused bounds paused ones.
+	PauseAfterMin, MaxPaused int
+	// KeyStore seals API keys at rest ("file:PATH", "credential:NAME").
+	KeyStore string
 	// DiskSize is each VM's writable disk, MinFreeDisk the data directory's
 	// free-space floor, in bytes.
 	DiskSize, MinFreeDisk uint64
@@ -115,6 +120,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.Token, "token", env("EXECLAW_TOKEN", ""), "access token for --auth token; generated and stored in the data directory if empty (EXECLAW_TOKEN)")
 	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
 	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
+	fs.StringVar(&c.KeyStore, "key-store", env("EXECLAW_KEY_STORE", ""), "seal API keys at rest so paused sessions resume after a restart: file:PATH (a key file outside the data directory) or credential:NAME (a systemd credential); empty: keys stay in memory (EXECLAW_KEY_STORE)")
 	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
 	diskSize := fs.String("disk-size", env("EXECLAW_DISK_SIZE", "8G"), "size of each VM session's writable disk (sparse): 512M, 8G... (EXECLAW_DISK_SIZE)")
 	minFree := fs.String("min-free-disk", env("EXECLAW_MIN_FREE_DISK", "2G"), "free space the data directory's disk keeps: below it new sessions are refused and the session using the most disk is ended; 0 for no floor (EXECLAW_MIN_FREE_DISK)")
@@ -154,6 +160,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		{&c.MaxSessionsPerUser, "max-sessions-per-user", "EXECLAW_MAX_SESSIONS_PER_USER", "sessions one user may run at once; 0: half of --max-sessions (at least 1) with --auth exedev, all of them otherwise", 0},
 		{&c.MaxSteps, "max-steps", "EXECLAW_MAX_STEPS", "model calls per turn before the agent stops", 50},
 		{&c.MaxEventLogMiB, "max-event-log-mib", "EXECLAW_MAX_EVENT_LOG_MIB", "MiB of events one session's log may hold; a turn that reaches it is ended", session.DefaultEventLogQuota >> 20},
+		{&c.PauseAfterMin, "pause-after", "EXECLAW_PAUSE_AFTER", "minutes without activity after which a session is paused (its VM saved, its memory freed); 0: never", 30},
+		{&c.MaxPaused, "max-paused-sessions", "EXECLAW_MAX_PAUSED_SESSIONS", "paused sessions kept at most (they take disk only); 0: no bound", 100},
 		{&c.LLMRetries, "llm-retries", "EXECLAW_LLM_RETRIES", "retries of a failed model call (429, 5xx, network)", 2},
 	} {
 		if err := intFlag(f.p, f.name, f.envName, f.def, f.help); err != nil {
@@ -202,6 +210,10 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("--disk-size must be a size from 256M to 16T, not %q", *diskSize)
 	case !parseSizeInto(&c.MinFreeDisk, *minFree):
 		return c, fmt.Errorf("--min-free-disk must be a size such as 2G or 0, not %q", *minFree)
+	case c.PauseAfterMin < 0 || c.PauseAfterMin > session.MaxIdleTimeoutMin:
+		return c, fmt.Errorf("--pause-after must be between 0 and %d minutes", session.MaxIdleTimeoutMin)
+	case c.MaxPaused < 0:
+		return c, errors.New("--max-paused-sessions must not be negative")
 	case c.MaxEventLogMiB < 1 || c.MaxEventLogMiB > 1<<20:
 		return c, errors.New("--max-event-log-mib must be between 1 and 1048576")
 	case c.LLMRetries < 0 || c.LLMRetries > 10:
@@ -514,6 +526,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	log.Info("agents offered", "agents", agents.Names())
+	keys, err := openKeyStore(cfg.KeyStore, dataDir, getenv)
+	if err != nil {
+		return err
+	}
 
 	policy, err := modelPolicy(cfg)
 	if err != nil {
@@ -529,7 +545,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxSessionsPerUser: perUserSessions(cfg), MemoryOvercommit: cfg.MemoryOvercommit,
 		MaxSteps: cfg.MaxSteps, LLMRetries: cfg.LLMRetries, Observer: met, LLMClient: llmClient,
 		EventLogQuota: int64(cfg.MaxEventLogMiB) << 20,
-		DiskMiB:       int(cfg.DiskSize >> 20), MinFreeDisk: cfg.MinFreeDisk,
+		PauseAfter:    time.Duration(cfg.PauseAfterMin) * time.Minute, MaxPaused: cfg.MaxPaused, Keys: keys,
+		DiskMiB: int(cfg.DiskSize >> 20), MinFreeDisk: cfg.MinFreeDisk,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sessions: %w", err)
@@ -693,4 +710,14 @@ func parseSizeInto(dst *uint64, s string) bool {
 	}
 	*dst = n << shift
 	return true
+}
+
+// openKeyStore opens --key-store; nil (no interface value at all) when keys
+// stay in memory.
+func openKeyStore(spec, dataDir string, getenv func(string) string) (session.KeyStore, error) {
+	ks, err := keystore.Open(spec, dataDir, getenv)
+	if err != nil || ks == nil {
+		return nil, err
+	}
+	return ks, nil
 }

@@ -291,9 +291,32 @@ func (r *soakRun) killServer(midTurn, vm bool) {
 	r.srv = srv
 	r.mu.Unlock()
 	var v struct{ State string }
-	if err := r.getJSON("/api/sessions/"+id+"/status", &v); err != nil || (v.State != "stopped" && v.State != "paused") {
+	if err := r.getJSON("/api/sessions/"+id+"/status", &v); err != nil || v.State != "paused" {
 		t.Errorf("a session whose server was killed is %q after the restart (%v)", v.State, err)
+		return
 	}
+	// It resumes cold on its files, given its key again, and ends cleanly.
+	if err := r.post("/api/sessions/"+id+"/resume", map[string]string{"apiKey": "sk-ant-soak"}); err != nil {
+		t.Error(err)
+		return
+	}
+	st, err = r.openStream(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := waitEvent(st, 3*time.Minute, func(e testutil.SSEEvent) bool {
+		return e.Type == event.Status && e.Field("state") == "active"
+	}); err != nil {
+		t.Errorf("resume after the server was killed: %v", err)
+	}
+	if err := r.delete(id); err != nil {
+		t.Error(err)
+	}
+	if err := waitEvent(st, time.Minute, func(e testutil.SSEEvent) bool { return e.Type == event.Exit }); err != nil {
+		t.Errorf("end after the resume: %v", err)
+	}
+	r.record(id, st)
 }
 
 // start runs the server in the testbed's host namespace.

@@ -64,7 +64,18 @@ type Settings struct {
 	// History is the conversation stored so far, for an agent that
 	// continues one.
 	History []json.RawMessage
-	Logger  *slog.Logger
+	// Resume is what a Resumable agent of this kind said of itself when
+	// its session was paused; empty for a new session.
+	Resume json.RawMessage
+	Logger *slog.Logger
+}
+
+// Resumable is an agent with state of its own to carry across a pause (the
+// built-in agent's is the stored history): an agent CLI's conversation id,
+// say. ResumeState is asked after Close, and handed back in Settings.Resume
+// when the session resumes; it must hold nothing secret.
+type Resumable interface {
+	ResumeState() json.RawMessage
 }
 
 // Check says whether a session with this provider that sets the given

@@ -155,7 +155,9 @@ func TestStreamJoinMidAnswer(t *testing.T) {
 }
 
 // After a restart, Last-Event-ID: 0 replays exactly what was sent live; the
-// session, whose sandbox did not survive, is stopped with an exit event.
+// session, whose sandbox did not survive, is paused to resume cold on its
+// files (and, with keys in memory only, needs its key again); ending it
+// then removes them.
 func TestRestartReplaysIdenticalSequence(t *testing.T) {
 	fake := llmtest.NewAnthropic(
 		llmtest.Turn{Thinking: "Let me list the files.", Text: "Listing.", ToolCalls: []llmtest.ToolCall{{Name: "list_files", Input: `{}`}}},
@@ -182,12 +184,12 @@ func TestRestartReplaysIdenticalSequence(t *testing.T) {
 		t.Fatalf("replay differs from the live stream:\nlive:   %s\nreplay: %s", testutil.Summary(before), testutil.Summary(after))
 	}
 	tail := after[len(before):]
-	if len(tail) == 0 || tail[len(tail)-1].Type != event.Exit {
-		t.Fatalf("after restart the log should end with exit: %s", testutil.Summary(tail))
+	if p := indexOf(tail, event.Paused, 0); p < 0 || tail[p].Field("kind") != event.ResumeCold || !strings.Contains(tail[p].Field("reason"), "killed") {
+		t.Fatalf("after restart the log should say the session paused cold: %s", testutil.Summary(tail))
 	}
-	v := h.WaitState(s.ID, "stopped")
-	if v.EndedAt == nil {
-		t.Errorf("stopped session has no endedAt: %+v", v)
+	v := h.WaitState(s.ID, "paused")
+	if v.EndedAt != nil || v.ResumeKind != event.ResumeCold || !v.KeyNeeded {
+		t.Errorf("paused session after a crash: %+v", v)
 	}
 	// Resuming from the middle gives exactly the rest.
 	mid := before[len(before)/2].ID
@@ -198,9 +200,16 @@ func TestRestartReplaysIdenticalSequence(t *testing.T) {
 	if !reflect.DeepEqual(part.Events(), after[mid:]) {
 		t.Fatalf("?after=%d gave %s, want %s", mid, testutil.Summary(part.Events()), testutil.Summary(after[mid:]))
 	}
-	// And nothing of it is left running or on disk.
+	// Its files wait for it; ending it removes them.
+	if _, err := os.Stat(filepath.Join(h.DataDir, "sandboxes", s.ID, "workspace")); err != nil {
+		t.Errorf("the paused session's workspace: %v", err)
+	}
+	h.Must(http.StatusOK, "DELETE", "/api/sessions/"+s.ID, nil)
+	if v := h.WaitState(s.ID, "stopped"); v.EndedAt == nil {
+		t.Errorf("ended session has no endedAt: %+v", v)
+	}
 	if entries, _ := os.ReadDir(filepath.Join(h.DataDir, "sandboxes")); len(entries) != 0 {
-		t.Errorf("sandbox directories left after restart: %d", len(entries))
+		t.Errorf("sandbox directories left after the end: %d", len(entries))
 	}
 }
 

@@ -65,7 +65,10 @@ func conversation(t *testing.T, h *apitest.Harness, more ...llmtest.Turn) sessio
 	s := h.AnthropicSession(fake, map[string]any{"name": "Mail <me> test"})
 	st := h.Stream(s.ID, "")
 	h.Input(s.ID, "What is six times seven? Use the shell.")
-	st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	idle := st.WaitType(t, apitest.Wait, event.AgentIdle, 1)
+	// The turn's last event is the status that follows agent_idle: the log
+	// is still once it is in.
+	st.WaitFor(t, apitest.Wait, "the status after the turn", func(e testutil.SSEEvent) bool { return e.Type == event.Status && e.ID > idle.ID })
 	return h.WaitState(s.ID, "active")
 }
 

@@ -137,7 +137,7 @@ func TestTrustedProxies(t *testing.T) {
 
 func TestFailureLimiter(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	l := newFailureLimiter(3, 10*time.Second, 4)
+	l := newFailureLimiter[netip.Addr](3, 10*time.Second, 4)
 	l.now = func() time.Time { return now }
 	a := clientKey("192.0.2.1:5000")
 	for i := range 3 {

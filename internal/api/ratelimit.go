@@ -21,14 +21,15 @@ const (
 	maxLimitedClients = 4096
 )
 
-// failureLimiter is a token bucket per client address.
-type failureLimiter struct {
+// failureLimiter is a token bucket per key: a client address for failed
+// sign-ins, a user for pausing and resuming sessions.
+type failureLimiter[K comparable] struct {
 	mu      sync.Mutex
 	burst   float64
 	refill  time.Duration
 	max     int
 	now     func() time.Time
-	clients map[netip.Addr]*bucket
+	clients map[K]*bucket
 }
 
 type bucket struct {
@@ -36,8 +37,8 @@ type bucket struct {
 	at     time.Time
 }
 
-func newFailureLimiter(burst int, refill time.Duration, max int) *failureLimiter {
-	return &failureLimiter{burst: float64(burst), refill: refill, max: max, now: time.Now, clients: map[netip.Addr]*bucket{}}
+func newFailureLimiter[K comparable](burst int, refill time.Duration, max int) *failureLimiter[K] {
+	return &failureLimiter[K]{burst: float64(burst), refill: refill, max: max, now: time.Now, clients: map[K]*bucket{}}
 }
 
 // clientKey is the address a request came from: the peer's IP address, with
@@ -63,7 +64,7 @@ func clientKey(remoteAddr string) netip.Addr {
 }
 
 // level refills b up to now and returns its tokens.
-func (l *failureLimiter) level(b *bucket, now time.Time) float64 {
+func (l *failureLimiter[K]) level(b *bucket, now time.Time) float64 {
 	if el := now.Sub(b.at); el > 0 {
 		b.tokens = min(l.burst, b.tokens+float64(el)/float64(l.refill))
 		b.at = now
@@ -73,7 +74,7 @@ func (l *failureLimiter) level(b *bucket, now time.Time) float64 {
 
 // blocked reports whether the client has no failures left, and when it may
 // try again.
-func (l *failureLimiter) blocked(key netip.Addr) (time.Duration, bool) {
+func (l *failureLimiter[K]) blocked(key K) (time.Duration, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.clients[key]
@@ -88,7 +89,7 @@ func (l *failureLimiter) blocked(key netip.Addr) (time.Duration, bool) {
 }
 
 // fail spends one of the client's failures.
-func (l *failureLimiter) fail(key netip.Addr) {
+func (l *failureLimiter[K]) fail(key K) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -108,8 +109,8 @@ func (l *failureLimiter) fail(key netip.Addr) {
 // seen); when none is, it drops the one with the most failures left: a
 // flood of new addresses with a failure or two each pushes out its own
 // entries before those of a client that used up its failures.
-func (l *failureLimiter) makeRoom(now time.Time) {
-	var fullest netip.Addr
+func (l *failureLimiter[K]) makeRoom(now time.Time) {
+	var fullest K
 	best := -1.0
 	for k, b := range l.clients {
 		t := l.level(b, now)
@@ -126,8 +127,15 @@ func (l *failureLimiter) makeRoom(now time.Time) {
 	}
 }
 
-func (l *failureLimiter) size() int {
+func (l *failureLimiter[K]) size() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.clients)
 }
+
+// Pausing and resuming cost a VM's save or restore: one user may do either
+// lifecycleBurst times in a row, then one every lifecycleRefill.
+const (
+	lifecycleBurst  = 20
+	lifecycleRefill = 3 * time.Second
+)

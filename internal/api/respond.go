@@ -61,7 +61,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)
 	case errors.Is(err, session.ErrNotFound):
 		status, msg = http.StatusNotFound, "session not found"
-	case errors.Is(err, session.ErrBusy), errors.Is(err, session.ErrEnded), errors.Is(err, session.ErrLogFull):
+	case errors.Is(err, session.ErrKeyNeeded):
+		// keyNeeded tells a client to ask for the key and resume with it.
+		writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error(), "keyNeeded": true})
+		return
+	case errors.Is(err, session.ErrBusy), errors.Is(err, session.ErrEnded), errors.Is(err, session.ErrLogFull),
+		errors.Is(err, session.ErrNotPausable):
 		status, msg = http.StatusConflict, err.Error()
 	case errors.Is(err, session.ErrClosing):
 		status, msg = http.StatusServiceUnavailable, err.Error()

@@ -29,6 +29,8 @@ func (s *Server) routes() http.Handler {
 	r.handle("GET", "/api/sessions/{id}/stream", user(s.handle(s.handleStream)))
 	r.handle("POST", "/api/sessions/{id}/input", user(s.handle(s.handleInput)))
 	r.handle("POST", "/api/sessions/{id}/cancel", user(s.handle(s.handleCancel)))
+	r.handle("POST", "/api/sessions/{id}/pause", user(s.handle(s.handlePause)))
+	r.handle("POST", "/api/sessions/{id}/resume", user(s.handle(s.handleResume)))
 	r.handle("POST", "/api/sessions/{id}/email", user(s.handle(s.handleEmail)))
 	r.handle("GET", "/api/sessions/{id}/transcript", user(s.handle(s.handleTranscript)))
 	r.handle("DELETE", "/api/sessions/{id}", user(s.handle(s.handleDeleteSession)))

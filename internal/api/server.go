@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -58,8 +59,10 @@ type Server struct {
 	metricsRoute bool
 
 	hosts   *HostPolicy
-	limiter *failureLimiter
-	tokenFP string // fingerprint of the token logins are made under
+	limiter *failureLimiter[netip.Addr]
+	// lifecycle bounds how often one user pauses and resumes sessions.
+	lifecycle *failureLimiter[string]
+	tokenFP   string // fingerprint of the token logins are made under
 	// misdirectLog and untrustedLog throttle warnings a stranger can cause.
 	misdirectLog, untrustedLog logThrottle
 
@@ -129,8 +132,9 @@ func NewServer(o Options) *Server {
 		log: o.Logger, auth: o.Auth, sessions: o.Sessions, store: o.Store, models: o.Models,
 		platform: o.Platform, assets: o.Assets, streams: ctx, stopStreams: cancel, heartbeat: o.Heartbeat,
 		email: o.Email, exedev: o.ExeDev, metrics: o.Metrics, metricsRoute: o.Metrics != nil && !o.MetricsElsewhere,
-		hosts: o.AllowedHosts, limiter: newFailureLimiter(loginBurst, loginRefill, maxLimitedClients),
-		tokenFP: tokenFingerprint(o.Auth.Token),
+		hosts: o.AllowedHosts, limiter: newFailureLimiter[netip.Addr](loginBurst, loginRefill, maxLimitedClients),
+		lifecycle: newFailureLimiter[string](lifecycleBurst, lifecycleRefill, maxLimitedClients),
+		tokenFP:   tokenFingerprint(o.Auth.Token),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

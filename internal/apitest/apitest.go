@@ -67,6 +67,14 @@ type Options struct {
 	DiskCheckInterval time.Duration
 	// DataDir replaces the test's temporary data directory.
 	DataDir string
+	// PauseOnStop pauses running sessions when the harness stops, as the
+	// server does at SIGTERM; by default they end, which is quicker.
+	PauseOnStop bool
+	// PauseAfter, MaxPaused and Keys configure pausing (default: never by
+	// itself, no cap, keys in memory only).
+	PauseAfter time.Duration
+	MaxPaused  int
+	Keys       session.KeyStore
 	// MetricsElsewhere leaves /metrics off the API's address.
 	MetricsElsewhere bool
 	// Log, when set, receives the server's log (debug level), for tests
@@ -154,6 +162,7 @@ func (h *Harness) Start() {
 		LLMRetries: h.Opts.LLMRetries, MaxSteps: h.Opts.MaxSteps, StopTimeout: 10 * time.Second, LLMClient: h.Opts.LLMClient,
 		Observer: met, HookTimeout: h.Opts.HookTimeout, EventLogQuota: h.Opts.EventLogQuota,
 		MinFreeDisk: h.Opts.MinFreeDisk, DiskCheckInterval: h.Opts.DiskCheckInterval,
+		EndOnClose: !h.Opts.PauseOnStop, PauseAfter: h.Opts.PauseAfter, MaxPaused: h.Opts.MaxPaused, Keys: h.Opts.Keys,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -210,9 +219,7 @@ func (h *Harness) Crash() {
 	h.Srv.CloseStreams()
 	h.TS.Close()
 	h.Store.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	h.Mgr.Close(ctx)
+	h.Mgr.Abandon()
 	h.TS = nil
 }
 

@@ -24,6 +24,20 @@ const (
 	Usage         = "usage"
 	Exit          = "exit"
 	Error         = "error_event"
+	// Paused and Resumed (extensions): a session's sandbox was saved and
+	// stopped, or started again, and how.
+	Paused  = "paused"
+	Resumed = "resumed"
+)
+
+// Kinds of pause and resume.
+const (
+	// ResumeSnapshot: the whole VM was saved, and restored: processes the
+	// agent started run on.
+	ResumeSnapshot = "snapshot"
+	// ResumeCold: the sandbox boots afresh on the session's disk: files are
+	// kept, processes are not.
+	ResumeCold = "cold"
 )
 
 // Emitter appends an event to a session's log and delivers it to live readers.
@@ -116,3 +130,21 @@ const (
 
 // Empty is the data of agent_busy and agent_idle.
 type Empty struct{}
+
+// PausedData says how a session was paused: its whole VM saved (snapshot,
+// Bytes on disk), or its sandbox stopped with its disk kept (cold, Reason
+// saying why), taking Ms.
+type PausedData struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+	Ms     int64  `json:"ms"`
+}
+
+// ResumedData says how a paused session came back: restored from its
+// snapshot, or booted afresh on its disk (cold; Reason says why), taking Ms.
+type ResumedData struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"`
+	Ms     int64  `json:"ms"`
+}

@@ -39,6 +39,9 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	// The request context ends when the client goes away: nobody will see the
 	// output, so the command must not outlive the request.
 	p.stream(r.Context(), req.TimeoutSec, func(f ExecFrame) error {
+		if f.Type == FrameExit || f.Type == FrameError {
+			s.syncDisk() // what the command wrote is on disk when the host hears it ended
+		}
 		if err := enc.Encode(f); err != nil {
 			return err
 		}

@@ -81,6 +81,7 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	s.syncDisk()
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // defaultPath is the PATH commands get unless the request overrides it.
@@ -39,6 +41,11 @@ type ServerConfig struct {
 	Boot *BootTimes
 	// Init, when set, serves PathInit (a VM's init sets it).
 	Init Initializer
+	// SyncWrites flushes the file systems to disk when a command ends or a
+	// file is written: a VM whose VMM is killed (its server was) keeps the
+	// agent's work on its disk, to resume on. The process sandbox writes to
+	// the host's own file system and needs none of it.
+	SyncWrites bool
 }
 
 // Server is the guest side of the control protocol.
@@ -51,6 +58,7 @@ type Server struct {
 	baseEnv []string
 	tunnels *tunnels
 	init    Initializer
+	sync    bool
 
 	mu      sync.Mutex
 	groups  map[int]struct{} // process groups started, until seen empty
@@ -82,6 +90,7 @@ func NewServer(cfg ServerConfig) *Server {
 		groups:  make(map[int]struct{}),
 		tunnels: newTunnels(),
 		init:    cfg.Init,
+		sync:    cfg.SyncWrites,
 	}
 }
 
@@ -263,4 +272,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// syncDisk flushes the file systems, when the server was asked to.
+func (s *Server) syncDisk() {
+	if s.sync {
+		unix.Sync()
+	}
 }

@@ -21,6 +21,9 @@ type Snapshot struct {
 	Compat    map[string]string `json:"compat"`
 	Bytes     int64             `json:"bytes"` // on disk
 	CreatedAt time.Time         `json:"createdAt"`
+	// Private is the driver's own: what it needs to restore besides the
+	// files (the guest's boot settings, say).
+	Private json.RawMessage `json:"private,omitempty"`
 }
 
 // SnapshotFile is the name of the description of a snapshot in a sandbox
@@ -38,10 +41,11 @@ type Pauser interface {
 }
 
 // Restorer is a Driver that can start a sandbox from a snapshot of its own
-// making, in the same directory: it runs on from where it was saved. Its
-// guest's clock, entropy and network are the caller's to set (guest Init).
-// The snapshot's files are removed once it runs: the disk moves on, and an
-// old snapshot of it must never be restored.
+// making, in the same directory: it runs on from where it was saved. Before
+// Restore returns, the guest has been told the time, fresh entropy and its
+// network now (guest Init: only the driver knows its new attachment). The
+// snapshot's files are removed once it runs: the disk moves on, and an old
+// snapshot of it must never be restored.
 type Restorer interface {
 	Restore(ctx context.Context, spec Spec, snap Snapshot) (Sandbox, error)
 }

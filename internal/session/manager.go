@@ -34,6 +34,12 @@ const (
 	StateStopping = "stopping"
 	StateStopped  = "stopped"
 	StateError    = "error"
+	// Pausing, paused and resuming (extensions): a paused session's
+	// sandbox is saved to its directory (or stopped with its disk kept) and
+	// holds no memory; it resumes on input or on request.
+	StatePausing  = "pausing"
+	StatePaused   = "paused"
+	StateResuming = "resuming"
 )
 
 // Config tunes the manager.
@@ -74,6 +80,15 @@ type Config struct {
 	Observer Observer
 	// HookTimeout bounds the idle hook for one session (default 60s).
 	HookTimeout time.Duration
+	// PauseAfter pauses a session idle this long (0: never by itself);
+	// MaxPaused bounds the paused sessions kept (0: no bound). Keys, when
+	// set, seals API keys at rest so paused sessions resume after a
+	// restart without asking for them.
+	PauseAfter time.Duration
+	MaxPaused  int
+	Keys       KeyStore
+	// EndOnClose ends running sessions at Close instead of pausing them.
+	EndOnClose bool
 	// DiskMiB is the size of each VM session's writable disk (0: the
 	// driver's default). It is sparse: this is what a guest may fill.
 	DiskMiB int
@@ -111,7 +126,8 @@ type Observer interface {
 type IdleHook func(ctx context.Context, owner User, v View, to string)
 
 // States lists every state a session can be in, in lifecycle order.
-var States = []string{StateCreating, StateBooting, StateActive, StateBusy, StateStopping, StateStopped, StateError}
+var States = []string{StateCreating, StateBooting, StateActive, StateBusy, StatePausing, StatePaused, StateResuming,
+	StateStopping, StateStopped, StateError}
 
 // User is who owns a session.
 type User struct {
@@ -127,9 +143,11 @@ type Manager struct {
 	log    *slog.Logger
 
 	mu       sync.Mutex
-	sessions map[string]*Session // running: not yet stopped or failed
+	sessions map[string]*Session   // running: not yet stopped, failed or paused
+	keys     map[string]llm.Secret // API keys of paused sessions, held in memory
 	closing  bool
 	idleHook IdleHook
+	resumeMu sync.Mutex // resumes one at a time, so a session is never resumed twice
 
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
@@ -164,7 +182,7 @@ func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Lo
 	if cfg.EventLogQuota == 0 {
 		cfg.EventLogQuota = DefaultEventLogQuota
 	}
-	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}}
+	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}, keys: map[string]llm.Secret{}}
 }
 
 // Driver is the sandbox driver sessions run in.
@@ -184,38 +202,60 @@ func (m *Manager) sandboxDir(id string) string {
 	return filepath.Join(m.cfg.DataDir, "sandboxes", id)
 }
 
-// Recover runs once at start, before anything else: sessions the previous
-// run left unfinished have lost their sandbox, so they are marked stopped with
-// an exit event, and leftover sandbox directories are removed.
+// Recover runs once at start, before anything else. Sessions the previous
+// run paused stay paused. Sessions it left running (it was killed, or
+// crashed: their sandboxes died with it) become paused too, to resume cold
+// on their disks: their files are kept, their processes are lost. Sessions
+// it was ending end. Sandbox directories that belong to no paused session
+// are removed.
 func (m *Manager) Recover(ctx context.Context) error {
 	unfinished, err := m.store.ListUnfinished(ctx)
 	if err != nil {
 		return err
 	}
+	keep := map[string]bool{}
 	for _, rec := range unfinished {
+		switch rec.State {
+		case StatePaused:
+			keep[rec.ID] = true
+			continue
+		case StateStopping:
+			if err := m.endPaused(ctx, rec, "the server restarted while the session was ending"); err != nil {
+				return err
+			}
+			continue
+		}
+		reason := "the server stopped without saving it (it was killed or crashed): its files are kept, the processes it ran are not"
+		info, _ := json.Marshal(resumeInfo{Kind: event.ResumeCold, Reason: reason, PausedAt: time.Now().UTC()})
+		if err := m.store.SetResume(ctx, rec.ID, info); err != nil {
+			return err
+		}
+		if err := m.store.SetState(ctx, rec.ID, StatePaused, ""); err != nil {
+			return err
+		}
 		last, err := m.store.LastSeq(ctx, rec.ID)
 		if err != nil {
 			return err
 		}
 		bus := NewBus(m.store, rec.ID, last)
-		if err := m.store.SetState(ctx, rec.ID, StateStopped, ""); err != nil {
+		rec.State = StatePaused
+		if err := bus.Emit(ctx, event.Paused, event.PausedData{Kind: event.ResumeCold, Reason: reason}); err != nil {
 			return err
 		}
-		rec.State, rec.EndedAt = StateStopped, time.Now()
-		reason := "the server restarted; the session's sandbox is gone"
-		if err := bus.Emit(ctx, event.Status, event.StatusData{State: StateStopped, Uptime: viewOf(rec, 0, time.Now()).Uptime, Message: reason}); err != nil {
+		if err := bus.Emit(ctx, event.Status, event.StatusData{State: StatePaused, Uptime: viewOf(rec, 0, time.Now()).Uptime, Message: "paused: " + reason}); err != nil {
 			return err
 		}
-		if err := bus.Emit(ctx, event.Exit, event.ExitData{Code: -1, Reason: reason}); err != nil {
-			return err
-		}
-		m.log.Info("session stopped: its sandbox did not survive the restart", "session", rec.ID)
+		keep[rec.ID] = true
+		m.log.Info("session paused: its sandbox did not survive the server", "session", rec.ID)
 	}
 	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "sandboxes"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	for _, e := range entries {
+		if keep[e.Name()] {
+			continue
+		}
 		if err := os.RemoveAll(filepath.Join(m.cfg.DataDir, "sandboxes", e.Name())); err != nil {
 			return fmt.Errorf("remove leftover sandbox directory: %w", err)
 		}
@@ -250,29 +290,81 @@ func (m *Manager) Start() {
 
 // ReapIdle ends every session that has been idle past its timeout at now.
 // Sessions running a turn are not idle.
+// Running sessions idle past --pause-after (well before their timeout) are
+// paused; paused sessions past their idle timeout end.
 func (m *Manager) ReapIdle(now time.Time) {
 	m.mu.Lock()
-	var idle []*Session
+	var idle, pause []*Session
 	for _, s := range m.sessions {
-		if s.idleSince(now) > time.Duration(s.idleTimeoutMin)*time.Minute {
+		switch since := s.idleSince(now); {
+		case since > time.Duration(s.idleTimeoutMin)*time.Minute:
 			idle = append(idle, s)
+		case m.cfg.PauseAfter > 0 && since > m.cfg.PauseAfter:
+			pause = append(pause, s)
 		}
 	}
 	if m.closing {
-		idle = nil // Close ends them
+		idle, pause = nil, nil // Close ends them
 	}
 	// Counted under the lock, so Close (which sets closing under it before
 	// waiting) never waits on a count that can still grow.
-	m.reaped.Add(len(idle))
+	m.reaped.Add(len(idle) + len(pause) + 1)
 	m.mu.Unlock()
 	for _, s := range idle {
 		m.log.Info("ending idle session", "session", s.id, "idleTimeoutMin", s.idleTimeoutMin)
 		go func() {
 			defer m.reaped.Done()
-			if s.terminate(StateStopped, 0, fmt.Sprintf("idle timeout: no activity for %d minutes", s.idleTimeoutMin)) {
-				m.afterIdle(s)
+			if s.terminate(StateStopped, 0, idleReason(s.idleTimeoutMin)) {
+				m.afterIdle(s.id, s.settings)
 			}
 		}()
+	}
+	for _, s := range pause {
+		go func() {
+			defer m.reaped.Done()
+			reason := fmt.Sprintf("no activity for %s", m.cfg.PauseAfter.Round(time.Second))
+			if err := m.pause(s, reason, false); err != nil {
+				m.log.Info("idle session not paused", "session", s.id, "err", err)
+			}
+		}()
+	}
+	go func() {
+		defer m.reaped.Done()
+		m.reapPaused(now)
+	}()
+}
+
+func idleReason(minutes int) string {
+	return fmt.Sprintf("idle timeout: no activity for %d minutes", minutes)
+}
+
+// reapPaused ends the paused sessions idle past their timeout.
+func (m *Manager) reapPaused(now time.Time) {
+	ctx := context.Background()
+	paused, err := m.store.ListPaused(ctx)
+	if err != nil {
+		m.log.Error("list paused sessions", "err", err)
+		return
+	}
+	var ended []store.Session
+	for _, rec := range paused {
+		if now.Sub(rec.LastActivity) <= time.Duration(rec.IdleTimeoutMin)*time.Minute {
+			continue
+		}
+		m.resumeMu.Lock() // not while it resumes
+		cur, err := m.store.GetSession(ctx, rec.ID)
+		if err == nil && cur.State == StatePaused {
+			if err = m.endPaused(ctx, cur, idleReason(rec.IdleTimeoutMin)); err == nil {
+				ended = append(ended, cur)
+			}
+		}
+		m.resumeMu.Unlock()
+		if err != nil {
+			m.log.Error("end idle paused session", "session", rec.ID, "err", err)
+		}
+	}
+	for _, rec := range ended {
+		m.afterIdle(rec.ID, parseSettings(rec.Config))
 	}
 }
 
@@ -285,26 +377,26 @@ func (m *Manager) SetIdleHook(h IdleHook) {
 }
 
 // afterIdle runs the idle hook for a session the reaper has just ended.
-func (m *Manager) afterIdle(s *Session) {
+func (m *Manager) afterIdle(id string, set settings) {
 	m.mu.Lock()
 	hook := m.idleHook
 	m.mu.Unlock()
-	if hook == nil || !s.settings.EmailOnIdle || s.settings.EmailTo == "" {
+	if hook == nil || !set.EmailOnIdle || set.EmailTo == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.HookTimeout)
 	defer cancel()
-	rec, err := m.store.GetSession(ctx, s.id)
+	rec, err := m.store.GetSession(ctx, id)
 	if err != nil {
-		m.log.Error("idle hook: read session", "session", s.id, "err", err)
+		m.log.Error("idle hook: read session", "session", id, "err", err)
 		return
 	}
-	last, err := m.store.LastSeq(ctx, s.id)
+	last, err := m.store.LastSeq(ctx, id)
 	if err != nil {
-		m.log.Error("idle hook: read session", "session", s.id, "err", err)
+		m.log.Error("idle hook: read session", "session", id, "err", err)
 		return
 	}
-	hook(ctx, User{ID: rec.UserID}, viewOf(rec, last, time.Now()), s.settings.EmailTo)
+	hook(ctx, User{ID: rec.UserID}, viewOf(rec, last, time.Now()), set.EmailTo)
 }
 
 // StateCounts counts every session by state: the running ones as they are
@@ -322,6 +414,7 @@ func (m *Manager) StateCounts(ctx context.Context) (map[string]int, error) {
 	// the final ones are taken from the store.
 	counts[StateStopped] = stored[StateStopped]
 	counts[StateError] = stored[StateError]
+	counts[StatePaused] = stored[StatePaused]
 	m.mu.Lock()
 	running := make([]*Session, 0, len(m.sessions))
 	for _, s := range m.sessions {
@@ -337,7 +430,35 @@ func (m *Manager) StateCounts(ctx context.Context) (map[string]int, error) {
 	return counts, nil
 }
 
-// Close ends every session (their sandboxes are stopped) and the reaper.
+// Abandon stops every sandbox and records nothing, leaving each session's
+// files where they are: what a server killed with SIGKILL leaves behind (its
+// sandboxes die with it). Tests use it to play that crash; the manager is
+// unusable afterwards.
+func (m *Manager) Abandon() {
+	m.mu.Lock()
+	m.closing = true
+	all := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		all = append(all, s)
+	}
+	m.mu.Unlock()
+	if m.stopReaper != nil {
+		m.stopReaper()
+		<-m.reaperDone
+	}
+	for _, s := range all {
+		s.cancel(errors.New("the server died"))
+		s.mu.Lock()
+		sb := s.sb
+		s.mu.Unlock()
+		if sb != nil {
+			s.stopSandbox(sb)
+		}
+	}
+}
+
+// Close pauses every running session (or ends them, with EndOnClose) and
+// stops the reaper.
 func (m *Manager) Close(ctx context.Context) {
 	m.mu.Lock()
 	m.closing = true
@@ -352,7 +473,16 @@ func (m *Manager) Close(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, s := range all {
-		wg.Go(func() { s.terminate(StateStopped, 0, "the server is shutting down") })
+		wg.Go(func() {
+			if m.cfg.EndOnClose {
+				s.terminate(StateStopped, 0, "the server is shutting down")
+				return
+			}
+			// Paused, not ended: it resumes when the server is back.
+			if err := m.pause(s, "the server is shutting down", true); err != nil {
+				m.log.Error("pause at shutdown", "session", s.id, "err", err)
+			}
+		})
 	}
 	done := make(chan struct{})
 	// closing is set, so ReapIdle adds nothing to reaped any more.
@@ -375,7 +505,7 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 		return View{}, err
 	}
 	rec, set := c.rec, c.set
-	ag, err := m.newAgent(ctx, c.kind, rec, set, c.key)
+	ag, err := m.newAgent(ctx, c.kind, rec, set, c.key, nil, nil)
 	if err != nil {
 		return View{}, invalid("%v", err)
 	}
@@ -388,15 +518,15 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	rec.Isolated = m.driver.Isolated()
 	rec.CreatedAt, rec.LastActivity = now, now
 
-	s := newSession(deps{
-		store: m.store, driver: m.driver, log: m.log, observer: m.cfg.Observer,
-		stopTimeout: m.cfg.StopTimeout, dir: m.sandboxDir(rec.ID), ended: m.forget,
-		eventQuota: max(m.cfg.EventLogQuota, 0), diskMiB: m.cfg.DiskMiB,
-	}, rec, set, ag)
+	s := newSession(m.sessionDeps(rec.ID), rec, set, ag, c.key, logState{})
 	if err := m.admit(s); err != nil {
 		return View{}, err
 	}
 	if err := m.persistNew(ctx, user, s); err != nil {
+		m.forget(s)
+		return View{}, err
+	}
+	if err := m.sealKey(ctx, rec.ID, c.key); err != nil {
 		m.forget(s)
 		return View{}, err
 	}
@@ -522,11 +652,18 @@ func (m *Manager) View(ctx context.Context, user User, id string) (View, error) 
 	if err != nil {
 		return View{}, err
 	}
-	last, err := m.store.LastSeq(ctx, id)
+	return m.storedView(ctx, rec)
+}
+
+// storedView is the view of a session that does not run: ended, or paused.
+func (m *Manager) storedView(ctx context.Context, rec store.Session) (View, error) {
+	last, err := m.store.LastSeq(ctx, rec.ID)
 	if err != nil {
 		return View{}, err
 	}
-	return viewOf(rec, last, time.Now()), nil
+	v := viewOf(rec, last, time.Now())
+	v.KeyNeeded = m.keyNeeded(ctx, rec)
+	return v, nil
 }
 
 // List returns user's sessions, newest first, running ones with live state.
@@ -544,25 +681,35 @@ func (m *Manager) List(ctx context.Context, user User) ([]View, error) {
 			views = append(views, s.view())
 			continue
 		}
-		last, err := m.store.LastSeq(ctx, rec.ID)
+		v, err := m.storedView(ctx, rec)
 		if err != nil {
 			return nil, err
 		}
-		views = append(views, viewOf(rec, last, time.Now()))
+		views = append(views, v)
 	}
 	return views, nil
 }
 
 // Input sends a user message to a session.
+// A paused session is resumed first: the turn waits for its sandbox.
 func (m *Manager) Input(ctx context.Context, user User, id, text string) error {
-	s, running, err := m.Get(ctx, user, id)
+	if err := checkMessage(text); err != nil {
+		return err
+	}
+	s, err := m.resumeFor(ctx, user, id, "")
 	if err != nil {
 		return err
 	}
-	if !running {
-		return ErrEnded
+	err = s.input(text)
+	if errors.Is(err, ErrEnded) {
+		// It was pausing: once it has, it resumes for this message.
+		<-s.done
+		if s, err = m.resumeFor(ctx, user, id, ""); err != nil {
+			return err
+		}
+		err = s.input(text)
 	}
-	return s.input(text)
+	return err
 }
 
 // Cancel ends the running turn of a session, if any.
@@ -578,12 +725,21 @@ func (m *Manager) Cancel(ctx context.Context, user User, id string) (bool, error
 // files removed. The record and transcript stay. Ending an ended session is
 // not an error.
 func (m *Manager) Delete(ctx context.Context, user User, id string) error {
+	m.resumeMu.Lock() // not while it resumes
+	defer m.resumeMu.Unlock()
 	s, running, err := m.Get(ctx, user, id)
-	if err != nil || !running {
+	if err != nil {
 		return err
 	}
-	s.terminate(StateStopped, 0, "ended by the user")
-	return nil
+	if running {
+		s.terminate(StateStopped, 0, "ended by the user")
+		return nil
+	}
+	rec, err := m.store.GetSession(ctx, id)
+	if err != nil || rec.State != StatePaused {
+		return err
+	}
+	return m.endPaused(ctx, rec, "ended by the user")
 }
 
 // Rename gives one of user's sessions a new name, running or not, and returns
@@ -637,11 +793,35 @@ func newSessionID() string {
 func (m *Manager) Agents() *agent.Registry { return m.cfg.Agents }
 
 // newAgent builds the agent a session asked for.
-func (m *Manager) newAgent(ctx context.Context, kind agent.Kind, rec store.Session, set settings, key llm.Secret) (agent.Agent, error) {
+// newAgent builds the agent a session runs: a new one, or one that goes on
+// with a paused session's history and its own resume state.
+func (m *Manager) newAgent(ctx context.Context, kind agent.Kind, rec store.Session, set settings, key llm.Secret,
+	history []json.RawMessage, resume json.RawMessage) (agent.Agent, error) {
 	return kind.New(ctx, agent.Settings{
 		LLM:          llm.Config{Provider: rec.Provider, Model: rec.Model, APIKey: key, BaseURL: set.BaseURL, HTTPClient: m.cfg.LLMClient},
 		SystemPrompt: set.SystemPrompt, Temperature: set.Temperature, MaxTokens: set.MaxTokens,
 		ThinkingBudget: set.ThinkingBudget, MaxSteps: m.cfg.MaxSteps, MaxRetries: m.cfg.LLMRetries,
-		Logger: m.log,
+		History: history, Resume: resume, Logger: m.log,
 	})
+}
+
+// sessionDeps is what the session with this id needs from the manager.
+func (m *Manager) sessionDeps(id string) deps {
+	return deps{
+		store: m.store, driver: m.driver, log: m.log, observer: m.cfg.Observer,
+		stopTimeout: m.cfg.StopTimeout, dir: m.sandboxDir(id), ended: m.forget, paused: m.onPaused,
+		eventQuota: max(m.cfg.EventLogQuota, 0), diskMiB: m.cfg.DiskMiB,
+	}
+}
+
+// onPaused forgets a session that paused, keeping its key for its resume.
+func (m *Manager) onPaused(s *Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sessions[s.id] == s {
+		delete(m.sessions, s.id)
+	}
+	if !s.key.Empty() {
+		m.keys[s.id] = s.key
+	}
 }

@@ -103,11 +103,11 @@ func (r CreateRequest) validate(ctx context.Context, agents *agent.Registry, cli
 		return checked{}, invalid("provider must be one of %s", strings.Join(llm.Providers, ", "))
 	}
 	key := strings.TrimSpace(r.APIKey)
-	switch {
-	case key == "" && r.Provider != llm.OpenAICompatible:
+	if key == "" && r.Provider != llm.OpenAICompatible {
 		return checked{}, invalid("apiKey is required for %s", r.Provider)
-	case len(key) > MaxAPIKeyLen || strings.ContainsFunc(key, unicode.IsControl):
-		return checked{}, invalid("apiKey is not a valid key")
+	}
+	if err := checkAPIKey(key); err != nil {
+		return checked{}, err
 	}
 	model := strings.TrimSpace(r.Model)
 	if model == "" {
@@ -315,6 +315,10 @@ type View struct {
 	EndedAt     *time.Time `json:"endedAt,omitempty"`
 	LastEventID int64      `json:"lastEventId"`
 	EmailOnIdle bool       `json:"emailOnIdle,omitempty"`
+	// A paused session: how it will resume (snapshot or cold), and whether
+	// it needs its API key given again to.
+	ResumeKind string `json:"resumeKind,omitempty"`
+	KeyNeeded  bool   `json:"keyNeeded,omitempty"`
 }
 
 func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
@@ -326,6 +330,9 @@ func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
 		Usage: rec.Usage, Error: rec.Error, Network: set.Network, BaseURL: set.BaseURL, LastEventID: lastEventID,
 		EmailOnIdle: set.EmailOnIdle,
 	}
+	if rec.State == StatePaused {
+		v.ResumeKind = parseResume(rec.Resume).Kind
+	}
 	end := now
 	if !rec.EndedAt.IsZero() {
 		t := rec.EndedAt
@@ -334,4 +341,23 @@ func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
 	}
 	v.Uptime = end.Sub(rec.CreatedAt).Round(time.Second).Seconds()
 	return v
+}
+
+// checkAPIKey checks a key as given, for a new session or a resume.
+func checkAPIKey(key string) error {
+	if len(key) > MaxAPIKeyLen || strings.ContainsFunc(key, unicode.IsControl) {
+		return invalid("apiKey is not a valid key")
+	}
+	return nil
+}
+
+// checkMessage checks a user message before anything is done for it.
+func checkMessage(text string) error {
+	if strings.TrimSpace(text) == "" {
+		return invalid("message is empty")
+	}
+	if len(text) > MaxMessageLen || !utf8.ValidString(text) {
+		return invalid("message must be valid UTF-8 of at most %d bytes", MaxMessageLen)
+	}
+	return nil
 }

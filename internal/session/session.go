@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/event"
+	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/store"
 )
@@ -44,6 +43,11 @@ type Session struct {
 	turnCancel  context.CancelCauseFunc // non-nil while a turn runs
 	terminating bool
 	messages    int // stored conversation messages, the next one's index
+
+	// key is the session's API key, for the manager to keep while it is
+	// paused; resuming is how a paused session goes on (nil for a new one).
+	key      llm.Secret
+	resuming *resumeInfo
 }
 
 // deps is what a session needs from the server around it.
@@ -54,22 +58,30 @@ type deps struct {
 	observer    Observer       // nil for none
 	stopTimeout time.Duration  // bounds stopping the sandbox
 	dir         string         // the sandbox's own host directory
-	ended       func(*Session) // told once the session has ended, to forget it
+	ended       func(*Session) // told once the session has ended or paused, to forget it
+	paused      func(*Session) // told once it has paused, to keep its key
 	eventQuota  int64          // bytes of event data its log may hold; 0: no bound
 	diskMiB     int            // its VM's writable disk; 0: the driver's default
 }
 
-func newSession(d deps, rec store.Session, set settings, ag agent.Agent) *Session {
+// logState is where a session's event log stands: its last event, the
+// bytes of event data it holds, the messages of its conversation.
+type logState struct {
+	lastSeq, bytes int64
+	messages       int
+}
+
+func newSession(d deps, rec store.Session, set settings, ag agent.Agent, key llm.Secret, log logState) *Session {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	bus := NewBus(d.store, rec.ID, 0)
+	bus := NewBus(d.store, rec.ID, log.lastSeq)
 	bus.observer = d.observer
 	s := &Session{
 		deps: d, id: rec.ID, userID: rec.UserID, idleTimeoutMin: rec.IdleTimeoutMin, settings: set,
-		bus: bus, agent: ag,
+		bus: bus, agent: ag, key: key, messages: log.messages,
 		ctx: ctx, cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}),
 		rec: rec,
 	}
-	bus.SetQuota(d.eventQuota, 0, func() { s.cancelTurn(ErrLogFull) })
+	bus.SetQuota(d.eventQuota, log.bytes, func() { s.cancelTurn(ErrLogFull) })
 	return s
 }
 
@@ -127,7 +139,11 @@ func (s *Session) boot() {
 	go func() {
 		defer s.wg.Done()
 		defer close(s.ready)
-		if err := s.setState(StateBooting, "start", "starting the sandbox"); err != nil {
+		state, phase, msg := StateBooting, "start", "starting the sandbox"
+		if s.resuming != nil {
+			state, phase, msg = StateResuming, "resume", "resuming the session"
+		}
+		if err := s.setState(state, phase, msg); err != nil {
 			s.deps.log.Error("record boot", "session", s.id, "err", err)
 		}
 		dir := s.deps.dir
@@ -142,8 +158,14 @@ func (s *Session) boot() {
 			// A boot cut short by the session ending is no failure.
 			if !stopping {
 				s.observeBoot(took, err)
-				s.deps.log.Error("sandbox failed to start", "session", s.id, "err", err)
-				go s.terminate(StateError, 1, "the sandbox failed to start: "+err.Error())
+				s.deps.log.Error("sandbox failed to start", "session", s.id, "resuming", s.resuming != nil, "err", err)
+				if s.resuming != nil {
+					// Its files are still on its disk: it stays paused, to
+					// try again, rather than end and lose them.
+					go s.end(endPause, 0, "resuming failed: "+err.Error())
+				} else {
+					go s.terminate(StateError, 1, "the sandbox failed to start: "+err.Error())
+				}
 			}
 			return
 		}
@@ -175,13 +197,20 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	sb, err := s.deps.driver.Start(s.ctx, sandbox.Spec{
+	spec := sandbox.Spec{
 		SessionID: s.id, Dir: dir, VCPUs: s.settings.VCPUs, MemoryMiB: s.settings.MemoryMiB, DiskMiB: s.deps.diskMiB,
 		Network: s.settings.Network,
 		Progress: func(phase string) {
 			_ = s.emitStatus(phase, "")
 		},
-	})
+	}
+	var sb sandbox.Sandbox
+	var err error
+	if s.resuming != nil {
+		sb, err = s.resumeSandbox(spec)
+	} else {
+		sb, err = s.deps.driver.Start(s.ctx, spec)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -223,11 +252,8 @@ func (s *Session) watch(sb sandbox.Sandbox) {
 
 // input starts a turn with the user's message.
 func (s *Session) input(text string) error {
-	if strings.TrimSpace(text) == "" {
-		return invalid("message is empty")
-	}
-	if len(text) > MaxMessageLen || !utf8.ValidString(text) {
-		return invalid("message must be valid UTF-8 of at most %d bytes", MaxMessageLen)
+	if err := checkMessage(text); err != nil {
+		return err
 	}
 	if s.bus.Full() {
 		return ErrLogFull
@@ -331,6 +357,27 @@ func (s *Session) cancelTurn(cause error) bool {
 // terminate ends the session in a final state (stopped or error). Concurrent
 // calls wait for the first to finish; only the first returns true.
 func (s *Session) terminate(final string, code int, reason string) bool {
+	mode := endStop
+	if final == StateError {
+		mode = endError
+	}
+	return s.end(mode, code, reason)
+}
+
+// How a session object ends: the session ends (stopped, or in error), or it
+// pauses (its sandbox saved, or stopped with its disk kept) to go on later
+// as a new one.
+type endMode int
+
+const (
+	endStop endMode = iota
+	endError
+	endPause
+)
+
+// end runs down the session object. Concurrent calls wait for the first to
+// finish; only the first returns true.
+func (s *Session) end(mode endMode, code int, reason string) bool {
 	s.mu.Lock()
 	if s.terminating {
 		s.mu.Unlock()
@@ -341,10 +388,14 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	s.mu.Unlock()
 	defer close(s.done)
 
-	if err := s.setState(StateStopping, "", reason); err != nil {
-		s.deps.log.Error("record stopping", "session", s.id, "err", err)
+	state, why := StateStopping, "the session is ending: "
+	if mode == endPause {
+		state, why = StatePausing, "the session is pausing: "
 	}
-	s.cancel(errors.New("the session is ending: " + reason))
+	if err := s.setState(state, "", reason); err != nil {
+		s.deps.log.Error("record "+state, "session", s.id, "err", err)
+	}
+	s.cancel(errors.New(why + reason))
 	s.wg.Wait() // boot and turn goroutines are gone after this
 	actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := s.agent.Close(actx); err != nil {
@@ -355,11 +406,19 @@ func (s *Session) terminate(final string, code int, reason string) bool {
 	s.mu.Lock()
 	sb := s.sb
 	s.mu.Unlock()
+	if mode == endPause {
+		s.finishPause(sb, reason)
+		return true
+	}
 	if sb != nil {
 		s.stopSandbox(sb)
 	}
 	if err := os.RemoveAll(s.deps.dir); err != nil {
 		s.deps.log.Error("remove sandbox directory", "session", s.id, "err", err)
+	}
+	final := StateStopped
+	if mode == endError {
+		final = StateError
 	}
 
 	s.mu.Lock()

@@ -102,3 +102,13 @@ func (s *Store) Messages(ctx context.Context, sessionID string) ([]json.RawMessa
 	}
 	return out, rows.Err()
 }
+
+// EventBytes is the bytes of event data a session's log holds.
+func (s *Store) EventBytes(ctx context.Context, sessionID string) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(LENGTH(CAST(data AS BLOB))), 0) FROM events WHERE session_id = ?`, sessionID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("measure the event log: %w", err)
+	}
+	return n, nil
+}

@@ -65,6 +65,12 @@ CREATE TABLE logins (
 ) WITHOUT ROWID;
 CREATE INDEX logins_created ON logins(created_at);
 `,
+	// 3: paused sessions: how a session resumes (JSON, nothing secret) and,
+	// with a key store, its API key sealed with the operator's key.
+	`
+ALTER TABLE sessions ADD COLUMN resume TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN sealed_key BLOB;
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

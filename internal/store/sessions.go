@@ -40,6 +40,9 @@ type Session struct {
 	IdleTimeoutMin int
 	Usage          Usage
 	Error          string
+	// Resume says how a paused session goes on (JSON, the session
+	// package's); empty for one that was never paused.
+	Resume json.RawMessage
 }
 
 // EnsureUser records a user the first time it is seen and keeps its email current.
@@ -69,18 +72,21 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 }
 
 const sessionColumns = `id, user_id, name, state, provider, model, agent, sandbox, isolated, config,
-	created_at, last_activity, COALESCE(ended_at, ''), idle_timeout_min, input_tokens, output_tokens, cost_usd, error`
+	created_at, last_activity, COALESCE(ended_at, ''), idle_timeout_min, input_tokens, output_tokens, cost_usd, error, resume`
 
 func scanSession(row interface{ Scan(...any) error }) (Session, error) {
 	var ss Session
-	var config, created, last, ended string
+	var config, created, last, ended, resume string
 	err := row.Scan(&ss.ID, &ss.UserID, &ss.Name, &ss.State, &ss.Provider, &ss.Model, &ss.Agent, &ss.Sandbox,
 		&ss.Isolated, &config, &created, &last, &ended, &ss.IdleTimeoutMin,
-		&ss.Usage.InputTokens, &ss.Usage.OutputTokens, &ss.Usage.CostUSD, &ss.Error)
+		&ss.Usage.InputTokens, &ss.Usage.OutputTokens, &ss.Usage.CostUSD, &ss.Error, &resume)
 	if err != nil {
 		return Session{}, err
 	}
 	ss.Config = json.RawMessage(config)
+	if resume != "" {
+		ss.Resume = json.RawMessage(resume)
+	}
 	ss.CreatedAt = parseTime(created)
 	ss.LastActivity = parseTime(last)
 	ss.EndedAt = parseTime(ended)
@@ -224,4 +230,39 @@ func (s *Store) CountByState(ctx context.Context) (map[string]int, error) {
 		counts[state] = n
 	}
 	return counts, rows.Err()
+}
+
+// ListPaused returns every paused session, whoever owns it, oldest first.
+func (s *Store) ListPaused(ctx context.Context) ([]Session, error) {
+	return s.querySessions(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE state = 'paused' ORDER BY last_activity`)
+}
+
+// SetResume records how a paused session goes on.
+func (s *Store) SetResume(ctx context.Context, id string, resume json.RawMessage) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE sessions SET resume = ? WHERE id = ?`, string(resume), id); err != nil {
+		return fmt.Errorf("record how the session resumes: %w", err)
+	}
+	return nil
+}
+
+// SetSealedKey keeps a session's API key, sealed by the key store (nil
+// forgets it).
+func (s *Store) SetSealedKey(ctx context.Context, id string, sealed []byte) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE sessions SET sealed_key = ? WHERE id = ?`, sealed, id); err != nil {
+		return fmt.Errorf("keep the sealed key: %w", err)
+	}
+	return nil
+}
+
+// SealedKey is a session's sealed API key; nil when there is none.
+func (s *Store) SealedKey(ctx context.Context, id string) ([]byte, error) {
+	var b []byte
+	err := s.db.QueryRowContext(ctx, `SELECT sealed_key FROM sessions WHERE id = ?`, id).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the sealed key: %w", err)
+	}
+	return b, nil
 }

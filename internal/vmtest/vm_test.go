@@ -76,11 +76,13 @@ func (e *env) bash(t *testing.T, id, command string) string {
 	t.Helper()
 	var v struct{ LastEventID int64 }
 	e.h.Must(200, "GET", "/api/sessions/"+id+"/status", nil).JSON(t, &v)
-	st := e.h.Stream(id, strconv.FormatInt(v.LastEventID, 10))
 	input := fmt.Sprintf(`{"command": %q, "timeoutSec": 60}`, command)
 	e.fake.Enqueue(llmtest.Turn{ToolCalls: []llmtest.ToolCall{{Name: "bash", Input: input}}}, llmtest.Turn{Text: "done"})
-	e.h.Input(id, "run: "+command)
 	began := time.Now()
+	e.h.Input(id, "run: "+command)
+	// Opened after the input: a paused session's stream ends at once, and
+	// the input is what resumes it. Nothing is missed: it replays from v.
+	st := e.h.Stream(id, strconv.FormatInt(v.LastEventID, 10))
 	st.WaitType(t, 3*time.Minute, event.AgentIdle, 1)
 	res := st.WaitType(t, apitest.Wait, event.ToolResult, 1)
 	st.Close()

@@ -58,6 +58,9 @@ type Config struct {
 	Watchdog       time.Duration // default DefaultWatchdog
 	InterruptGrace time.Duration // default DefaultInterruptGrace
 	Logger         *slog.Logger
+	// ResumeSession, when set, is the Claude Code conversation to go on
+	// with (--resume): the one it had when its session was paused.
+	ResumeSession string
 }
 
 // Agent is Claude Code as a session's agent: one long-lived
@@ -67,9 +70,11 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	mu    sync.Mutex // one turn at a time; guards the fields below
-	proc  *process
-	proxy *invm.Proxy // its token is the only credential in the VM
+	mu        sync.Mutex // one turn at a time; guards the fields below
+	proc      *process
+	proxy     *invm.Proxy // its token is the only credential in the VM
+	sessionID string      // Claude Code's conversation, as it last said
+	resume    string      // the conversation the next CLI started goes on with
 }
 
 var _ agent.Agent = (*Agent)(nil)
@@ -94,11 +99,44 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.InterruptGrace == 0 {
 		cfg.InterruptGrace = DefaultInterruptGrace
 	}
+	if cfg.ResumeSession != "" && !validSessionID(cfg.ResumeSession) {
+		return nil, errors.New("claude-code: the conversation to resume has no valid id")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: log}, nil
+	return &Agent{cfg: cfg, log: log, sessionID: cfg.ResumeSession, resume: cfg.ResumeSession}, nil
+}
+
+// validSessionID accepts what Claude Code's conversation ids look like
+// (UUIDs): it goes on its command line.
+func validSessionID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// resumeState is what a paused session keeps of Claude Code.
+type resumeState struct {
+	SessionID string `json:"sessionId"`
+}
+
+// ResumeState is the conversation to go on with after a pause.
+func (a *Agent) ResumeState() json.RawMessage {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sessionID == "" {
+		return nil
+	}
+	b, _ := json.Marshal(resumeState{SessionID: a.sessionID})
+	return b
 }
 
 // process is the running CLI and what it printed, line by line.
@@ -152,6 +190,9 @@ func (a *Agent) Turn(ctx context.Context, ws agent.Workspace, env agent.Environm
 			res, err := m.Line(line)
 			if err != nil {
 				return err
+			}
+			if id := m.SessionID(); id != "" && validSessionID(id) {
+				a.sessionID = id
 			}
 			if res == nil {
 				continue
@@ -230,6 +271,11 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 	if sp := strings.TrimSpace(a.cfg.SystemPrompt); sp != "" {
 		argv = append(argv, "--append-system-prompt", sp)
 	}
+	if a.resume != "" {
+		// Its conversation is on the VM's disk, which a pause kept.
+		argv = append(argv, "--resume", a.resume)
+		a.resume = ""
+	}
 	att, err := g.Attach(ctx, guest.ExecRequest{
 		Argv: argv,
 		Dir:  ws.Workspace(),
@@ -253,12 +299,14 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 	return p, nil
 }
 
-// drop forgets the current process, ending it.
+// drop forgets the current process, ending it: the next turn starts a new
+// conversation.
 func (a *Agent) drop() {
 	if a.proc != nil {
 		a.proc.att.Close()
 		a.proc = nil
 	}
+	a.sessionID, a.resume = "", ""
 }
 
 // Close ends the CLI and the proxy.

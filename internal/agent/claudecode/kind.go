@@ -2,6 +2,7 @@ package claudecode
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/image"
@@ -22,6 +23,10 @@ var Kind = agent.Kind{
 	Providers: []string{llm.Anthropic},
 	Refuses:   []string{agent.SettingTemperature, agent.SettingMaxTokens, agent.SettingThinking},
 	New: func(_ context.Context, s agent.Settings) (agent.Agent, error) {
-		return New(Config{LLM: s.LLM, SystemPrompt: s.SystemPrompt, Logger: s.Logger})
+		var r resumeState
+		if len(s.Resume) > 0 && (json.Unmarshal(s.Resume, &r) != nil || !validSessionID(r.SessionID)) {
+			r.SessionID = "" // a damaged state starts a new conversation
+		}
+		return New(Config{LLM: s.LLM, SystemPrompt: s.SystemPrompt, Logger: s.Logger, ResumeSession: r.SessionID})
 	},
 }

@@ -44,6 +44,8 @@ type line struct {
 	Result  string          `json:"result"`
 	// Parent tool use: set on the events of a sub-agent (Task tool).
 	ParentToolUseID *string `json:"parent_tool_use_id"`
+	// SessionID is Claude Code's conversation (on its init and result lines).
+	SessionID string `json:"session_id"`
 }
 
 type apiEvent struct {
@@ -91,7 +93,12 @@ type Mapper struct {
 	// bounds it has already been told about.
 	text, toolCalls int
 	warned          map[string]bool
+
+	sessionID string // the conversation, as the CLI last said
 }
+
+// SessionID is Claude Code's conversation id, once a line has said it.
+func (m *Mapper) SessionID() string { return m.sessionID }
 
 type streamBlock struct {
 	id       string
@@ -138,6 +145,9 @@ func (m *Mapper) Line(raw []byte) (*Result, error) {
 	if err := json.Unmarshal(raw, &l); err != nil {
 		// Not JSON (a warning printed to stdout): not ours to map.
 		return nil, nil
+	}
+	if l.SessionID != "" && len(l.SessionID) <= 64 {
+		m.sessionID = l.SessionID
 	}
 	if l.ParentToolUseID != nil && *l.ParentToolUseID != "" {
 		// A sub-agent's own traffic: its outcome arrives as the Task tool's result.

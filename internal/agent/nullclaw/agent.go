@@ -10,6 +10,7 @@ package nullclaw
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,10 @@ type AgentConfig struct {
 	// StartTimeout bounds waiting for the gateway to answer (default 60s).
 	StartTimeout time.Duration
 	Logger       *slog.Logger
+	// ResumeContext, when set, is the A2A conversation to go on with: the
+	// one it had when its session was paused (nullclaw keeps it in its
+	// state directory, on the VM's disk).
+	ResumeContext string
 }
 
 // Agent is nullclaw as a session's agent: its gateway runs in the VM, and
@@ -110,7 +115,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: log}, nil
+	a := &Agent{cfg: cfg, log: log}
+	if a2a.ValidContextID(cfg.ResumeContext) {
+		a.contextID = cfg.ResumeContext
+	}
+	return a, nil
 }
 
 // Turn sends one message to nullclaw and maps its task stream to events.
@@ -225,6 +234,22 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 		a.contextID = "execlaw-" + credproxy.NewToken()[:24]
 	}
 	return nil
+}
+
+// resumeState is what a paused session keeps of nullclaw.
+type resumeState struct {
+	ContextID string `json:"contextId"`
+}
+
+// ResumeState is the conversation to go on with after a pause.
+func (a *Agent) ResumeState() json.RawMessage {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.contextID == "" {
+		return nil
+	}
+	b, _ := json.Marshal(resumeState{ContextID: a.contextID})
+	return b
 }
 
 func (a *Agent) waitHealthy(ctx context.Context) error {

@@ -2,6 +2,7 @@ package nullclaw
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/image"
@@ -22,7 +23,9 @@ var Kind = agent.Kind{
 		if s.MaxTokens != nil {
 			maxTokens = int(*s.MaxTokens)
 		}
+		var r resumeState
+		_ = json.Unmarshal(s.Resume, &r) // none, or damaged: a new conversation
 		return NewAgent(AgentConfig{LLM: s.LLM, SystemPrompt: s.SystemPrompt,
-			Temperature: s.Temperature, MaxTokens: maxTokens, Logger: s.Logger})
+			Temperature: s.Temperature, MaxTokens: maxTokens, Logger: s.Logger, ResumeContext: r.ContextID})
 	},
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,6 +30,10 @@ const (
 	maxAPIResponseBytes = 64 << 10
 	// maxFaultBytes bounds the fault message carried into error strings.
 	maxFaultBytes = 2 << 10
+	// snapshotAPITimeout bounds PUT /snapshot/create and /snapshot/load:
+	// creating one writes the whole guest memory to a file before the VMM
+	// answers, GiBs for a large guest on a slow disk.
+	snapshotAPITimeout = 5 * time.Minute
 )
 
 // MachineConfig is the body of PUT /machine-config (definition
@@ -86,6 +91,73 @@ const (
 
 type instanceActionInfo struct {
 	ActionType ActionType `json:"action_type"`
+}
+
+// VMState is a Vm state, the body of PATCH /vm.
+type VMState string
+
+// The states PATCH /vm sets.
+const (
+	VMPaused  VMState = "Paused"
+	VMResumed VMState = "Resumed"
+)
+
+type vmStateBody struct {
+	State VMState `json:"state"`
+}
+
+// SnapshotType is a SnapshotCreateParams snapshot_type.
+type SnapshotType string
+
+// SnapshotFull is a snapshot of the whole guest memory (the driver takes no
+// other kind).
+const SnapshotFull SnapshotType = "Full"
+
+// SnapshotCreateParams is the body of PUT /snapshot/create. Both paths are
+// as the VMM sees them (inside its jail, when jailed); existing files there
+// are truncated and overwritten.
+type SnapshotCreateParams struct {
+	SnapshotType SnapshotType `json:"snapshot_type,omitempty"`
+	SnapshotPath string       `json:"snapshot_path"`
+	MemFilePath  string       `json:"mem_file_path"`
+}
+
+// MemoryBackend is a SnapshotLoadParams mem_backend. With BackendType
+// "File" the VMM maps BackendPath privately and reads pages from it on
+// demand for as long as the VM runs.
+type MemoryBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+// MemoryBackendFile is the File backend_type.
+const MemoryBackendFile = "File"
+
+// NetworkOverride changes the TAP device behind a network interface on load.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// VsockOverride changes the vsock device's Unix socket on load.
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+// SnapshotLoadParams is the body of PUT /snapshot/load (never with the
+// deprecated mem_file_path, nor with dirty page tracking: the driver takes
+// only full snapshots).
+type SnapshotLoadParams struct {
+	SnapshotPath     string            `json:"snapshot_path"`
+	MemBackend       *MemoryBackend    `json:"mem_backend,omitempty"`
+	ResumeVM         bool              `json:"resume_vm"`
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
+}
+
+// firecrackerVersion is the answer to GET /version.
+type firecrackerVersion struct {
+	FirecrackerVersion string `json:"firecracker_version"`
 }
 
 // InstanceInfo is the answer to GET /.
@@ -206,18 +278,59 @@ func (c *Client) DescribeInstance(ctx context.Context) (InstanceInfo, error) {
 	return info, nil
 }
 
+// Version returns GET /version: the VMM's own version, e.g. "1.16.1".
+func (c *Client) Version(ctx context.Context) (string, error) {
+	b, err := c.do(ctx, http.MethodGet, "/version", nil)
+	if err != nil {
+		return "", err
+	}
+	var v firecrackerVersion
+	if err := json.Unmarshal(b, &v); err != nil {
+		return "", fmt.Errorf("firecracker API GET /version: bad answer: %w", err)
+	}
+	if v.FirecrackerVersion == "" {
+		return "", errors.New("firecracker API GET /version: answer has no version")
+	}
+	return clip(v.FirecrackerVersion, 64), nil
+}
+
+// PatchVM pauses or resumes a booted VM (PATCH /vm). Post-boot only.
+func (c *Client) PatchVM(ctx context.Context, state VMState) error {
+	return c.send(ctx, http.MethodPatch, "/vm", vmStateBody{State: state}, defaultAPITimeout)
+}
+
+// CreateSnapshot saves a paused VM into two files. Post-boot only.
+func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+	return c.send(ctx, http.MethodPut, "/snapshot/create", p, snapshotAPITimeout)
+}
+
+// LoadSnapshot loads a snapshot into a VMM that has not been configured.
+// When the VMM refuses, it ends itself.
+func (c *Client) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+	return c.send(ctx, http.MethodPut, "/snapshot/load", p, snapshotAPITimeout)
+}
+
 func (c *Client) put(ctx context.Context, path string, body any) error {
+	return c.send(ctx, http.MethodPut, path, body, defaultAPITimeout)
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body any, timeout time.Duration) error {
 	b, err := json.Marshal(body)
 	if err != nil {
-		return fmt.Errorf("firecracker API PUT %s: %w", path, err)
+		return fmt.Errorf("firecracker API %s %s: %w", method, path, err)
 	}
-	_, err = c.do(ctx, http.MethodPut, path, b)
+	_, err = c.doTimeout(ctx, method, path, b, timeout)
 	return err
 }
 
 // do sends one request and returns the (bounded) body of a 2xx answer.
 func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, defaultAPITimeout)
+	return c.doTimeout(ctx, method, path, body, defaultAPITimeout)
+}
+
+// doTimeout is do, bounded by timeout instead of defaultAPITimeout.
+func (c *Client) doTimeout(ctx context.Context, method, path string, body []byte, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {

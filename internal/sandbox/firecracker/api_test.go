@@ -82,3 +82,49 @@ func TestAPIClient(t *testing.T) {
 		t.Errorf("sent %q, want %q", got[len(got)-1], want)
 	}
 }
+
+func TestAPIClientSnapshot(t *testing.T) {
+	var got []string
+	version := `{"firecracker_version":"1.16.1"}`
+	c := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got = append(got, r.Method+" "+r.URL.Path+" "+string(b))
+		switch r.URL.Path {
+		case "/version":
+			io.WriteString(w, version)
+		case "/snapshot/load":
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"fault_message":"Load snapshot error: bad"}`)
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	ctx := t.Context()
+	if v, err := c.Version(ctx); err != nil || v != "1.16.1" {
+		t.Errorf("version %q, %v", v, err)
+	}
+	version = `{"version":"1.16.1"}`
+	if v, err := c.Version(ctx); err == nil {
+		t.Errorf("an answer without firecracker_version gave %q", v)
+	}
+	if err := c.PatchVM(ctx, VMPaused); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateSnapshot(ctx, SnapshotCreateParams{SnapshotType: SnapshotFull, SnapshotPath: "/s", MemFilePath: "/m"}); err != nil {
+		t.Fatal(err)
+	}
+	err := c.LoadSnapshot(ctx, SnapshotLoadParams{SnapshotPath: "/s", MemBackend: &MemoryBackend{BackendType: MemoryBackendFile, BackendPath: "/m"}, ResumeVM: true})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 400 || ae.Fault != "Load snapshot error: bad" {
+		t.Errorf("load: %v", err)
+	}
+	want := []string{
+		"GET /version ", "GET /version ",
+		`PATCH /vm {"state":"Paused"}`,
+		`PUT /snapshot/create {"snapshot_type":"Full","snapshot_path":"/s","mem_file_path":"/m"}`,
+		`PUT /snapshot/load {"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":true}`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("sent\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -140,3 +140,53 @@ func TestJailerCgroup(t *testing.T) {
 		t.Errorf("New with a --cgroup-version of its own: %v", err)
 	}
 }
+
+// A paused VM holds no cgroup; the restored one has its own again, with the
+// same limit.
+func TestCgroupPauseRestore(t *testing.T) {
+	jailedVariants(t, func(t *testing.T, jailed bool) {
+		cg := testCgroups(t)
+		f := newFake(t, fakeConfig{})
+		d := f.driver(func(c *Config) {
+			c.Resources = vm.Resources{Cgroups: cg}
+			jailerConfig(f, jailed)(c)
+		})
+		spec, _ := newSpec(t, "none")
+		group := func(sb *Sandbox) *cgroup.Group {
+			if jailed {
+				return cg.Open(vmID(spec.SessionID)) // the jailer's
+			}
+			return sb.vmm.Group()
+		}
+		s, err := d.Start(t.Context(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb := s.(*Sandbox)
+		g := group(sb)
+		if pids, err := g.PIDs(); err != nil || !slices.Contains(pids, sb.pid) {
+			t.Errorf("firecracker (%d) is not in its cgroup: %v %v", sb.pid, pids, err)
+		}
+		snap, err := sb.Pause(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		gone(t, g)
+		r, err := d.Restore(t.Context(), spec, snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb := r.(*Sandbox)
+		rg := group(rb)
+		if pids, err := rg.PIDs(); err != nil || !slices.Contains(pids, rb.pid) {
+			t.Errorf("the restored firecracker (%d) is not in its cgroup: %v %v", rb.pid, pids, err)
+		}
+		if got, err := rg.MemoryLimit(); err != nil || got != int64(256+64)<<20 {
+			t.Errorf("memory limit %d, %v", got, err)
+		}
+		if err := rb.Stop(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		gone(t, rg)
+	})
+}

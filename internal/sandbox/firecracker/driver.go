@@ -6,6 +6,8 @@
 // initramfs, the shared read-only base rootfs and a per-session sparse
 // writable disk), and reaches the guest's control API over hybrid vsock
 // (vsock.go): a Unix socket on the host, AF_VSOCK port 1024 in the guest.
+// A sandbox pauses into a Firecracker snapshot in its directory, and a new
+// VMM restores it from there (snapshot.go).
 package firecracker
 
 import (
@@ -68,6 +70,9 @@ const (
 	logName         = "firecracker.log"
 	diskName        = "rw.ext4"
 	jailDirName     = "jail"
+	// A snapshot (Pause) is these two files in the session directory.
+	vmstateName = "fc.vmstate"
+	memName     = "fc.mem"
 
 	// guestCID is the guest's vsock context id. Hybrid vsock never touches
 	// the host's vhost-vsock, so CIDs need not be unique across VMs; 3 is
@@ -98,6 +103,7 @@ type timeouts struct {
 	ctrlAltDel time.Duration // SendCtrlAltDel until the VMM exits
 	kill       time.Duration // reaping after SIGKILL
 	teardown   time.Duration // network Teardown
+	sync       time.Duration // the guest's sync before a pause
 }
 
 var defaultTimeouts = timeouts{
@@ -108,6 +114,7 @@ var defaultTimeouts = timeouts{
 	ctrlAltDel: 3 * time.Second,
 	kill:       5 * time.Second,
 	teardown:   15 * time.Second,
+	sync:       10 * time.Second,
 }
 
 // Driver starts Firecracker sandboxes.
@@ -120,6 +127,7 @@ type Driver struct {
 var (
 	_ sandbox.Driver         = (*Driver)(nil)
 	_ sandbox.MemoryReserver = (*Driver)(nil)
+	_ sandbox.Restorer       = (*Driver)(nil)
 )
 
 // New checks cfg and returns a driver.
@@ -207,22 +215,37 @@ type layout struct {
 	rwHost   string // the writable disk, on the host
 	logPath  string
 	jailBase string // the jailer's --chroot-base-dir; empty without the jailer
+	jailRoot string // the jail's root on the host; empty without the jailer
 	socks    *sandbox.SocketDir
 
 	// Firecracker's names.
 	apiSock, vsockUDS, kernel, initrd, rootfs, rw string
+	vmstate, mem                                  string // a snapshot's files
 }
 
-// Start implements sandbox.Driver.
+// vmmSide is where the file Firecracker knows as the snapshot file name is
+// on the host: in the jail when jailed, else in the session directory.
+// Snapshots are kept in the session directory (the jail goes with the VMM).
+func (l *layout) vmmSide(name string) string {
+	if l.jailRoot != "" {
+		return filepath.Join(l.jailRoot, name)
+	}
+	return filepath.Join(l.dir, name)
+}
+
+// Start implements sandbox.Driver. With spec.Resume it boots afresh on the
+// writable disk already in spec.Dir.
 func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
-	sb, err := d.start(ctx, spec)
+	sb, err := d.launch(ctx, spec, nil)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)
 	}
 	return sb, nil
 }
 
-func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error) {
+// launch starts a VM for spec: booting it, or, with from set, restoring the
+// one saved in that snapshot (see Restore).
+func (d *Driver) launch(ctx context.Context, spec sandbox.Spec, from *sandbox.Snapshot) (*Sandbox, error) {
 	progress := func(phase string) {
 		if spec.Progress != nil {
 			spec.Progress(phase)
@@ -254,20 +277,61 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	}
 
 	l := &layout{dir: dir, rwHost: filepath.Join(dir, diskName), logPath: filepath.Join(dir, logName)}
+	if from != nil {
+		// All that can be checked before anything starts: all but the
+		// VMM's version, which only a running VMM tells.
+		if err := sandbox.CheckCompat(*from, d.Name(), d.compat(l, mc, wantNet, from.Compat[compatVersion])); err != nil {
+			return nil, err
+		}
+	}
+	// Resuming, the directory holds what an earlier run left.
+	resuming := spec.Resume || from != nil
+	if resuming {
+		if err := d.clearLeftovers(ctx, l); err != nil {
+			return nil, err
+		}
+	}
 	sb := &Sandbox{
 		log:     log,
 		t:       d.t,
 		l:       l,
+		drv:     d,
+		mc:      mc,
 		netProv: d.cfg.Network,
+		fresh:   !resuming,
 		exited:  make(chan struct{}),
 	}
 
-	// The writable disk: sparse, so this never copies anything.
-	if err := vm.NewWritableDisk(ctx, l.rwHost, spec.DiskMiB); err != nil {
-		return nil, fmt.Errorf("writable disk: %w", err)
+	// The writable disk: sparse, so this never copies anything. A restore
+	// needs the one it saved (CheckCompat found it); a boot afresh after a
+	// pause or a restart reuses the one there.
+	switch _, err := os.Stat(l.rwHost); {
+	case from != nil:
+	case spec.Resume && err == nil:
+		// The disk moves on: no snapshot taken before may be restored.
+		if err := removeStaleSnapshot(dir); err != nil {
+			return nil, err
+		}
+		log.Info("booting afresh on the existing writable disk")
+	default:
+		if spec.Resume {
+			log.Warn("no writable disk to resume on; starting with an empty one", "err", err)
+			if err := removeStaleSnapshot(dir); err != nil {
+				return nil, err
+			}
+		}
+		if err := vm.NewWritableDisk(ctx, l.rwHost, spec.DiskMiB); err != nil {
+			return nil, fmt.Errorf("writable disk: %w", err)
+		}
+		sb.createdDisk = true
 	}
 	if err := d.placeFiles(l, id); err != nil {
 		return nil, sb.abort(err)
+	}
+	if from != nil && l.jailRoot != "" {
+		if err := d.linkSnapshot(l); err != nil {
+			return nil, sb.abort(err)
+		}
 	}
 	sb.api = newClient(l.socks.Dialer(apiSockName))
 	sb.dial = vsockDialer(l.socks.Dialer(vsockSockName), guest.DefaultVsockPort, defaultHandshakeTimeout)
@@ -280,9 +344,12 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 		}
 		sb.att = att
 	}
-	bootArgs, err := kernelArgs(sb.att)
-	if err != nil {
-		return nil, sb.abort(err)
+	var bootArgs string
+	if from == nil {
+		var err error
+		if bootArgs, err = kernelArgs(sb.att); err != nil {
+			return nil, sb.abort(err)
+		}
 	}
 
 	progress("vmm")
@@ -294,10 +361,17 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (*Sandbox, error)
 	if err := sb.startVMM(cmd); err != nil {
 		return nil, sb.abort(err)
 	}
-	log.Info("firecracker started", "pid", sb.pid, "jailed", l.jailBase != "", "dir", dir)
+	log.Info("firecracker started", "pid", sb.pid, "jailed", l.jailBase != "", "dir", dir, "restore", from != nil)
 
 	if err := sb.waitAPI(ctx); err != nil {
 		return nil, sb.abort(err)
+	}
+	if from != nil {
+		if err := d.restore(ctx, sb, *from, progress); err != nil {
+			return nil, sb.abort(err)
+		}
+		log.Info("guest restored")
+		return sb, nil
 	}
 	progress("configure")
 	if err := d.configure(ctx, sb, mc, bootArgs, spec.SessionID); err != nil {
@@ -323,12 +397,14 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 		if err != nil {
 			return err
 		}
+		l.jailRoot = root
 		if l.socks, err = sandbox.OpenSocketDir(root, longestSockName); err != nil {
 			return err
 		}
 		// Paths as the chrooted Firecracker sees them.
 		l.apiSock, l.vsockUDS = "/"+apiSockName, "/"+vsockSockName
 		l.kernel, l.initrd, l.rootfs, l.rw = "/"+jailKernel, "/"+jailInitrd, "/"+jailRootfs, "/"+jailRW
+		l.vmstate, l.mem = "/"+vmstateName, "/"+memName
 		return nil
 	}
 	var err error
@@ -340,6 +416,8 @@ func (d *Driver) placeFiles(l *layout, id string) error {
 	l.apiSock, l.vsockUDS = l.socks.BindPath(apiSockName), l.socks.BindPath(vsockSockName)
 	im := d.cfg.Image
 	l.kernel, l.initrd, l.rootfs, l.rw = im.KernelELF, im.Initramfs, im.Rootfs, l.rwHost
+	// Regular files have no socket address limit: absolute paths.
+	l.vmstate, l.mem = filepath.Join(l.dir, vmstateName), filepath.Join(l.dir, memName)
 	return nil
 }
 

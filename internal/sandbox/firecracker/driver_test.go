@@ -65,15 +65,23 @@ func newFake(t *testing.T, cfg fakeConfig) *fakeEnv {
 	cfg.PidFile = filepath.Join(dir, "pid")
 	cfg.JailerRecord = filepath.Join(dir, "jailer-args.json")
 	cfg.Workspace = filepath.Join(dir, "workspace")
+	cfg.InitRecord = filepath.Join(dir, "init.jsonl")
 	if err := os.Mkdir(cfg.Workspace, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	f.setConfig(cfg)
+	return f
+}
+
+// setConfig writes the fake's configuration, which the fakes started from
+// then on read.
+func (f *fakeEnv) setConfig(cfg fakeConfig) {
+	f.t.Helper()
 	f.cfg = cfg
 	b, _ := json.Marshal(cfg)
-	if err := os.WriteFile(filepath.Join(dir, "fake.json"), b, 0o644); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(filepath.Join(f.dir, "fake.json"), b, 0o644); err != nil {
+		f.t.Fatal(err)
 	}
-	return f
 }
 
 // testTimeouts keep failures quick; the fake answers in milliseconds.
@@ -407,6 +415,17 @@ func TestFakeAnswersMatchAPISpec(t *testing.T) {
 		t.Error(err)
 	}
 	if err := doc.validateDefinition("Error", []byte(`{"fault_message":"x"}`)); err != nil {
+		t.Error(err)
+	}
+	b, _ = json.Marshal(InstanceInfo{AppName: "Firecracker", ID: "fake", State: "Paused", VMMVersion: "1.16.1"})
+	if err := doc.validateDefinition("InstanceInfo", b); err != nil {
+		t.Error(err)
+	}
+	b, _ = json.Marshal(firecrackerVersion{FirecrackerVersion: "1.16.1"})
+	if err := doc.validateDefinition("FirecrackerVersion", b); err != nil {
+		t.Error(err)
+	}
+	if err := doc.validateRequest("GET", "/version", nil); err != nil {
 		t.Error(err)
 	}
 }

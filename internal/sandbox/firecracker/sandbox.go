@@ -27,6 +27,8 @@ type Sandbox struct {
 	log     *slog.Logger
 	t       timeouts
 	l       *layout
+	drv     *Driver
+	mc      MachineConfig
 	api     *Client
 	dial    guest.Dialer
 	client  *guest.Client
@@ -42,11 +44,22 @@ type Sandbox struct {
 	waitErr error         // how it ended; written before exited is closed
 	exit    sandbox.Exit  // Exited after exited closes, once host resources are released
 
+	// fresh: the directory was empty (a first boot), so a failed start
+	// removes the log too; createdDisk: this start made the writable disk,
+	// so a failed start removes it. A resumed sandbox's disk is never
+	// removed here.
+	fresh, createdDisk bool
+
+	pauseMu sync.Mutex // one Pause at a time
+
 	releaseOnce sync.Once
 	releaseErr  error // written inside releaseOnce
 }
 
-var _ sandbox.Sandbox = (*Sandbox)(nil)
+var (
+	_ sandbox.Sandbox = (*Sandbox)(nil)
+	_ sandbox.Pauser  = (*Sandbox)(nil)
+)
 
 // Guest implements sandbox.Sandbox.
 func (s *Sandbox) Guest() *guest.Client { return s.client }
@@ -68,9 +81,18 @@ func (s *Sandbox) ExitError() error { return s.exit.Err() }
 
 // startVMM starts cmd, its output going to the capped log file.
 func (s *Sandbox) startVMM(cmd *exec.Cmd) error {
+	if !s.fresh {
+		if err := trimLog(s.l.logPath); err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+	}
 	f, err := os.OpenFile(s.l.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("log file: %w", err)
+	}
+	if !s.fresh {
+		// Where this run's output begins, after the earlier runs'.
+		fmt.Fprintf(f, "\n[execlaw: firecracker started again at %s]\n", time.Now().UTC().Format(time.RFC3339))
 	}
 	w := sandbox.NewCappedWriter(f, maxLogBytes)
 	cmd.Stdout, cmd.Stderr = w, w
@@ -326,9 +348,10 @@ func (s *Sandbox) release() {
 	})
 }
 
-// abort undoes a Start that failed at any point: the VMM is killed and
-// reaped, everything is released, and the files Start created are removed.
-// It returns err with the end of the VMM's log added.
+// abort undoes a Start or Restore that failed at any point: the VMM is
+// killed and reaped, everything is released, and the files a first boot
+// created are removed (a resumed sandbox's disk and log stay). It returns
+// err with the end of the VMM's log added.
 func (s *Sandbox) abort(err error) error {
 	s.exit.Expect(sandbox.ExitStop)
 	if s.cmd != nil {
@@ -341,7 +364,14 @@ func (s *Sandbox) abort(err error) error {
 		err = withTail(err, s.l.logPath)
 	}
 	s.release()
-	for _, p := range []string{s.l.rwHost, s.l.logPath} {
+	var created []string
+	if s.createdDisk {
+		created = append(created, s.l.rwHost)
+	}
+	if s.fresh {
+		created = append(created, s.l.logPath)
+	}
+	for _, p := range created {
 		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			err = errors.Join(err, rerr)
 		}

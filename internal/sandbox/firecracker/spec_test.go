@@ -306,6 +306,13 @@ func TestSpecValidatorRejects(t *testing.T) {
 		{"unknown path", "PUT", "/reboot", `{}`, "no such path"},
 		{"wrong method", "POST", "/vsock", `{}`, "no POST operation"},
 		{"missing body", "PUT", "/actions", ``, "body required"},
+		{"vm state", "PATCH", "/vm", `{"state":"Running"}`, "is not one of"},
+		{"vm by PUT", "PUT", "/vm", `{"state":"Paused"}`, "no PUT operation"},
+		{"snapshot without memory", "PUT", "/snapshot/create", `{"snapshot_path":"/s"}`, `required property "mem_file_path" missing`},
+		{"snapshot type", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"full"}`, "is not one of"},
+		{"load backend", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"file","backend_path":"/m"}}`, "is not one of"},
+		{"load override", "PUT", "/snapshot/load", `{"snapshot_path":"/s","network_overrides":[{"iface_id":"eth0"}]}`, `required property "host_dev_name" missing`},
+		{"load unknown", "PUT", "/snapshot/load", `{"snapshot_path":"/s","resume":true}`, `unknown property "resume"`},
 	} {
 		err := doc.validateRequest(c.method, c.path, []byte(c.body))
 		if err == nil || !strings.Contains(err.Error(), c.want) {

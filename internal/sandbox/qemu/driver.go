@@ -58,6 +58,7 @@ type Config struct {
 type Driver struct {
 	cfg Config
 	log *slog.Logger
+	versionState
 }
 
 var (
@@ -109,8 +110,15 @@ func (d *Driver) ReservedMiB(spec sandbox.Spec) int {
 	return g + vm.QEMUOverheadMiB(g)
 }
 
-// Start boots a VM for spec and returns once its guest API answers.
-func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, err error) {
+// Start boots a VM for spec and returns once its guest API answers. With
+// spec.Resume it boots on the writable disk already in spec.Dir.
+func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	return d.launch(ctx, spec, nil)
+}
+
+// launch starts QEMU for spec: booting, or, with from set, restoring the
+// VM saved in a snapshot.
+func (d *Driver) launch(ctx context.Context, spec sandbox.Spec, from *restoring) (_ *Sandbox, err error) {
 	progress := spec.Progress
 	if progress == nil {
 		progress = func(string) {}
@@ -122,25 +130,38 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if spec.Dir, err = filepath.Abs(spec.Dir); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, timings: map[string]time.Duration{}}
+	s := &Sandbox{d: d, id: spec.SessionID, dir: spec.Dir, spec: spec, timings: map[string]time.Duration{}}
 	begin := time.Now()
+	disk := filepath.Join(spec.Dir, rwDiskName)
+	newDisk := false
 	defer func() {
 		if err != nil {
 			s.kill()
 			s.release(context.Background())
+			if newDisk {
+				os.Remove(disk) // a failed boot's own disk holds nothing of anyone's
+			}
 		}
 	}()
 
 	progress("disk")
-	if err := vm.NewWritableDisk(ctx, filepath.Join(spec.Dir, "rw.ext4"), spec.DiskMiB); err != nil {
-		return nil, err
+	if _, serr := os.Stat(disk); from == nil && (!spec.Resume || serr != nil) {
+		if err := vm.NewWritableDisk(ctx, disk, spec.DiskMiB); err != nil {
+			return nil, err
+		}
+		newDisk = true
 	}
-	boot := guest.BootConfig{Channel: "serial", Hostname: "execlaw-" + shortID(spec.SessionID)}
+	// A run that was killed leaves its sockets; QEMU binds them anew.
+	os.Remove(filepath.Join(spec.Dir, ctlSockName))
+	os.Remove(filepath.Join(spec.Dir, qmpSockName))
+
+	s.boot = guest.BootConfig{Channel: "serial", Hostname: "execlaw-" + shortID(spec.SessionID)}
 	if d.cfg.VhostVsock {
 		s.cid = randomCID()
-		boot.Channel = fmt.Sprintf("vsock:%d", guest.DefaultVsockPort)
-	} else if s.socks, err = sandbox.OpenSocketDir(spec.Dir, len(ctlSockName)); err != nil {
-		return nil, fmt.Errorf("control socket directory: %w", err)
+		s.boot.Channel = fmt.Sprintf("vsock:%d", guest.DefaultVsockPort)
+	}
+	if s.socks, err = sandbox.OpenSocketDir(spec.Dir, max(len(ctlSockName), len(qmpSockName))); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
 	}
 	if spec.Network == "full" {
 		progress("network")
@@ -149,12 +170,18 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 			return nil, fmt.Errorf("network: %w", err)
 		}
 		s.net = a
-		boot.IP, boot.Gateway, boot.DNS = a.GuestIP(), a.Gateway(), a.DNS()
+		s.boot.IP, s.boot.Gateway, s.boot.DNS = a.GuestIP(), a.Gateway(), a.DNS()
 	}
 	s.timings["prepare"] = time.Since(begin)
 
 	progress("vmm")
-	cmd, err := d.command(spec, boot, s.net, s.cid, s.socks)
+	// A restored VM is the one that was saved: same command line (the
+	// kernel arguments it booted with included), waiting for its state.
+	bootArgs := s.boot
+	if from != nil {
+		bootArgs = from.boot
+	}
+	cmd, err := d.command(spec, bootArgs, s.net, s.cid, s.socks, from != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -195,27 +222,50 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 		// once release has closed the socket directory.
 		s.channel = guest.NewSerialChannel(s.socks.DialPath(ctlSockName))
 		s.client = guest.NewClient(s.socks.Guard(s.channel.Dial))
-		if err := s.waitSocket(ctx, vmmStart); err != nil {
+		if err := s.waitSocket(ctx, ctlSockName); err != nil {
 			return nil, err
 		}
 	}
 	s.timings["vmm"] = time.Since(vmmStart)
 
-	progress("kernel")
-	h, err := s.waitGuest(ctx, d.cfg.BootTimeout)
+	if from != nil {
+		progress("restore")
+		if err := s.restoreState(ctx, from); err != nil {
+			return nil, err
+		}
+	} else {
+		progress("kernel")
+	}
+	var h guest.Health
+	if from != nil {
+		// The saved guest is up already; its end of the channel may not be.
+		ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
+		h, err = s.pollGuest(ctx, d.cfg.BootTimeout)
+		cancel()
+	} else {
+		h, err = s.waitGuest(ctx, d.cfg.BootTimeout)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if h.Boot != nil {
+	if h.Boot != nil && from == nil {
 		s.timings["kernel"] = time.Duration(h.Boot.KernelMs) * time.Millisecond
 		s.timings["init"] = time.Duration(h.Boot.InitMs) * time.Millisecond
 	}
+	if from != nil {
+		if err := s.reinit(ctx); err != nil {
+			return nil, err
+		}
+	}
 	s.timings["ready"] = time.Since(begin)
 	progress("guest-api")
-	d.log.Info("VM ready", "session", spec.SessionID, "pid", cmd.Process.Pid, "boot", time.Since(begin).Round(time.Millisecond),
-		"kernel", s.timings["kernel"], "init", s.timings["init"])
+	d.log.Info("VM ready", "session", spec.SessionID, "pid", cmd.Process.Pid, "restored", from != nil,
+		"took", time.Since(begin).Round(time.Millisecond), "kernel", s.timings["kernel"], "init", s.timings["init"])
 	return s, nil
 }
+
+// rwDiskName is the session's writable disk, in the sandbox directory.
+const rwDiskName = "rw.ext4"
 
 // tcgTiming tells the guest kernel its TSC rate and loop calibration up
 // front: under TCG, calibrating them against the emulated timers can take
@@ -226,9 +276,10 @@ const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
 // directory.
 const ctlSockName = "ctl.sock"
 
-// command is QEMU's command line. socks is the control socket's directory,
-// nil when cid is set (vhost-vsock).
-func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment, cid uint32, socks *sandbox.SocketDir) (*exec.Cmd, error) {
+// command is QEMU's command line. socks is the directory of the control
+// sockets (QMP's, and virtio-serial's unless cid is set: vhost-vsock).
+// incoming starts QEMU stopped, waiting for a saved VM's state.
+func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAttachment, cid uint32, socks *sandbox.SocketDir, incoming bool) (*exec.Cmd, error) {
 	kargs, err := boot.KernelArgs()
 	if err != nil {
 		return nil, err
@@ -257,10 +308,15 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		"-serial", "chardev:console",
 		"-drive", "id=base,file=" + d.cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=base",
-		"-drive", "id=rw,file=" + filepath.Join(spec.Dir, "rw.ext4") + ",format=raw,if=none,discard=unmap",
+		"-drive", "id=rw,file=" + filepath.Join(spec.Dir, rwDiskName) + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-device,drive=rw",
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng",
+	}
+	// QMP: pausing the VM saves it through a migration to a file.
+	args = append(args, "-qmp", "unix:"+socks.BindPath(qmpSockName)+",server=on,wait=off")
+	if incoming {
+		args = append(args, "-S", "-incoming", "defer")
 	}
 	if cid != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", cid))
@@ -280,8 +336,8 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		return nil, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	if socks != nil && !socks.Short() {
-		cmd.Dir = spec.Dir // where the relative control socket path resolves
+	if !socks.Short() {
+		cmd.Dir = spec.Dir // where the relative control socket paths resolve
 	}
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -5,9 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,10 +100,15 @@ func TestBootExecStop(t *testing.T) {
 	if syscall.Kill(pid, 0) == nil {
 		t.Errorf("qemu %d still running", pid)
 	}
-	for _, f := range []string{"rw.ext4", "ctl.sock"} {
+	for _, f := range []string{"ctl.sock", "qmp.sock"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
 			t.Errorf("%s left behind", f)
 		}
+	}
+	// The disk is the session's, to remove with its directory or to boot
+	// on again after a pause.
+	if _, err := os.Stat(filepath.Join(dir, "rw.ext4")); err != nil {
+		t.Errorf("the writable disk after Stop: %v", err)
 	}
 }
 
@@ -257,4 +265,134 @@ func TestConsoleCapped(t *testing.T) {
 	if !bytes.Contains(b, []byte("further output dropped")) {
 		t.Fatalf("console.log (%d bytes) does not say it was cut", len(b))
 	}
+}
+
+// Pause saves the whole VM and ends QEMU, freeing its memory; Restore brings
+// it back where it stood: processes still running, files there, the clock
+// set to the host's, and the snapshot gone.
+func TestPauseRestore(t *testing.T) {
+	d, _ := newDriver(t)
+	dir := t.TempDir()
+	spec := sandbox.Spec{SessionID: "s_pauserestore", Dir: dir, VCPUs: 1, MemoryMiB: 512, Network: "none"}
+	sbi, err := d.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := sbi.(*Sandbox)
+	t.Cleanup(func() { sb.Stop(context.Background()) })
+	run(t, sb, "echo kept > /workspace/file; sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/sleeper")
+	pid := sb.PID()
+	rss := processRSS(t, pid)
+
+	snap, err := sb.Pause(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sb.Done():
+	default:
+		t.Fatal("Done is open after Pause")
+	}
+	if sb.ExitError() != nil || syscall.Kill(pid, 0) == nil {
+		t.Fatalf("after Pause: exit error %v, QEMU %d still there: %v", sb.ExitError(), pid, syscall.Kill(pid, 0) == nil)
+	}
+	for _, f := range []string{"rw.ext4", snapName, sandbox.SnapshotFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("%s after Pause: %v", f, err)
+		}
+	}
+	if snap.Bytes <= 0 || snap.Bytes > 512<<20 {
+		t.Errorf("snapshot of %d bytes for a 512 MiB guest", snap.Bytes)
+	}
+	t.Logf("QEMU used %d MiB; its snapshot is %d MiB", rss>>20, snap.Bytes>>20)
+	if recorded, ok, err := sandbox.ReadSnapshot(dir); err != nil || !ok || recorded.Compat["qemu"] == "" {
+		t.Fatalf("recorded snapshot: %+v %v %v", recorded, ok, err)
+	}
+
+	// Time passes while it is paused: the restored guest's clock must catch up.
+	time.Sleep(3 * time.Second)
+	sbi, err = d.Restore(context.Background(), spec, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb = sbi.(*Sandbox)
+	_, out := run(t, sb, "cat /workspace/file; kill -0 $(cat /tmp/sleeper) && echo alive; date +%s.%N")
+	lines := strings.Fields(out)
+	if len(lines) != 3 || lines[0] != "kept" || lines[1] != "alive" {
+		t.Fatalf("after Restore: %q", out)
+	}
+	guestNow, _ := strconv.ParseFloat(lines[2], 64)
+	if skew := time.Since(time.Unix(0, int64(guestNow*1e9))); skew > 2*time.Second || skew < -2*time.Second {
+		t.Errorf("the guest's clock is %s off the host's", skew)
+	}
+	for _, f := range []string{snapName, sandbox.SnapshotFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s still there after Restore: %v", f, err)
+		}
+	}
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A snapshot that cannot be restored, changed or damaged, is refused with
+// nothing left running.
+func TestRestoreRefused(t *testing.T) {
+	d, _ := newDriver(t)
+	dir := t.TempDir()
+	spec := sandbox.Spec{SessionID: "s_restorerefused", Dir: dir, VCPUs: 1, MemoryMiB: 256, Network: "none"}
+	sb, err := d.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := sb.(*Sandbox).Pause(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigger := spec
+	bigger.MemoryMiB = 512
+	if _, err := d.Restore(context.Background(), bigger, snap); !errors.Is(err, sandbox.ErrIncompatible) {
+		t.Fatalf("restore with another memory size: %v", err)
+	}
+	other := snap
+	other.Compat = maps.Clone(snap.Compat)
+	other.Compat["qemu"] = "QEMU emulator version 6.0.0"
+	if _, err := d.Restore(context.Background(), spec, other); !errors.Is(err, sandbox.ErrIncompatible) || !strings.Contains(err.Error(), "qemu") {
+		t.Fatalf("restore of another QEMU's snapshot: %v", err)
+	}
+	// Damage the saved state: QEMU refuses it.
+	path := filepath.Join(dir, snapName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 64; i < len(b); i += 4096 {
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(path, b[:len(b)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Restore(context.Background(), spec, snap); err == nil {
+		t.Fatal("a damaged snapshot was restored")
+	}
+	if procs := testutil.ProcessesWithArgs("qemu-system-x86_64", dir); len(procs) > 0 {
+		t.Fatalf("QEMU left running after a refused restore: %v", procs)
+	}
+}
+
+// processRSS is a process's resident memory in bytes.
+func processRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
 }

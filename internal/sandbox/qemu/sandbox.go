@@ -21,6 +21,8 @@ import (
 type Sandbox struct {
 	d       *Driver
 	id, dir string
+	spec    sandbox.Spec
+	boot    guest.BootConfig // what the guest booted with (a restored one: its network now)
 	cmd     *exec.Cmd
 	logs    *logs // QEMU's capped output files, closed once it has exited
 	net     vm.NetAttachment
@@ -109,8 +111,8 @@ func (s *Sandbox) logTail() string {
 
 // waitSocket waits for QEMU to create the control socket. The file exists
 // from QEMU's bind, a moment before its listen: waitGuest allows for that.
-func (s *Sandbox) waitSocket(ctx context.Context, since time.Time) error {
-	path := s.socks.Path(ctlSockName)
+func (s *Sandbox) waitSocket(ctx context.Context, name string) error {
+	path := s.socks.Path(name)
 	deadline := time.NewTimer(30 * time.Second)
 	defer deadline.Stop()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -245,7 +247,9 @@ func (s *Sandbox) release(ctx context.Context) error {
 	// is killed with it.
 	err = errors.Join(err, s.vmm.Release())
 	os.Remove(filepath.Join(s.dir, ctlSockName))
-	os.Remove(filepath.Join(s.dir, "rw.ext4"))
+	os.Remove(filepath.Join(s.dir, qmpSockName))
+	// The writable disk stays: the session's directory is its owner's to
+	// remove, and a paused (or cold-paused) session boots on it again.
 	return err
 }
 
@@ -256,6 +260,12 @@ func (s *Sandbox) pollGuest(ctx context.Context, timeout time.Duration) (guest.H
 		cancel()
 		if err == nil {
 			return h, nil
+		}
+		if s.channel != nil {
+			// A restored guest may still hold the channel session of the
+			// host it was saved with. Connecting anew makes QEMU tell it
+			// the host went and came back, which ends that session.
+			s.channel.Close()
 		}
 		select {
 		case <-s.exit.Done():
