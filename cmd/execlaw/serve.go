@@ -530,6 +530,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	if keys != nil {
+		log.Info("API keys are sealed at rest", "keyStore", fmt.Sprint(keys))
+	}
 
 	policy, err := modelPolicy(cfg)
 	if err != nil {

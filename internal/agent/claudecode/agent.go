@@ -299,14 +299,19 @@ func (a *Agent) ensure(ctx context.Context, ws agent.Workspace, sink agent.Sink)
 	return p, nil
 }
 
-// drop forgets the current process, ending it: the next turn starts a new
-// conversation.
+// drop forgets the current process, ending it: it failed, and the next
+// turn starts a new conversation.
 func (a *Agent) drop() {
+	a.stopProc()
+	a.sessionID, a.resume = "", ""
+}
+
+// stopProc ends the current process.
+func (a *Agent) stopProc() {
 	if a.proc != nil {
 		a.proc.att.Close()
 		a.proc = nil
 	}
-	a.sessionID, a.resume = "", ""
 }
 
 // Close ends the CLI and the proxy.
@@ -320,7 +325,7 @@ func (a *Agent) Close(ctx context.Context) error {
 		case <-time.After(2 * time.Second):
 		case <-ctx.Done():
 		}
-		a.drop()
+		a.stopProc() // its conversation stays on disk, for ResumeState
 	}
 	if a.proxy != nil {
 		a.proxy.Stop()

@@ -277,3 +277,50 @@ func TestNewRejects(t *testing.T) {
 		t.Errorf("defaults: %+v %v", a.cfg, err)
 	}
 }
+
+// Across a pause: the agent closed after a turn says which conversation it
+// had, and a new agent made with that (as a resumed session makes it) starts
+// the real CLI with --resume, so the model sees the earlier turn again.
+func TestRealClaudeCodeResumes(t *testing.T) {
+	bin := testutil.ClaudeCodeCLI(t)
+	fake := llmtest.NewAnthropic(
+		llmtest.Turn{Text: "Remember: the word is PELICAN."},
+		llmtest.Turn{Text: "The word was PELICAN."},
+	).Attach(t)
+	sb := processtest.Start(t, "claude-code")
+	first := newAgent(t, fake.BaseURL(), Config{Binary: bin})
+	turn(t, t.Context(), first, sb, "Pick a word and remember it.", agenttest.NewRecorder(t))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state := first.ResumeState()
+	if len(state) == 0 {
+		t.Fatal("no resume state after a turn")
+	}
+
+	t.Setenv(BinaryEnv, bin) // Kind.New takes the CLI from where a server would
+	next, err := Kind.New(t.Context(), agent.Settings{
+		LLM:    llm.Config{Provider: llm.Anthropic, Model: model, APIKey: llm.NewSecret(realKey), BaseURL: fake.BaseURL()},
+		Resume: state,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close(context.Background()) })
+	s := agenttest.NewRecorder(t)
+	turn(t, t.Context(), next.(*Agent), sb, "What was the word?", s)
+	if got := summary(t, s.Events()); len(got) != 1 || got[0] != "message:The word was PELICAN." {
+		t.Fatalf("after resuming: %q", got)
+	}
+	calls := messagesCalls(fake)
+	if len(calls) != 2 || !strings.Contains(string(calls[1].Body), "the word is PELICAN") {
+		t.Fatalf("the resumed CLI did not send the earlier conversation: %d calls", len(calls))
+	}
+	// A damaged resume state starts a new conversation rather than failing.
+	if _, err := Kind.New(t.Context(), agent.Settings{LLM: llm.Config{Provider: llm.Anthropic, Model: model, APIKey: llm.NewSecret(realKey)},
+		Resume: []byte(`{"sessionId":"../../etc; rm -rf /"}`)}); err != nil {
+		t.Fatalf("a damaged resume state: %v", err)
+	}
+}

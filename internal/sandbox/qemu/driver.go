@@ -273,8 +273,11 @@ const rwDiskName = "rw.ext4"
 const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
 
 // ctlSockName is the virtio-serial control channel's socket, in the sandbox
-// directory.
-const ctlSockName = "ctl.sock"
+// directory; ctlPortID is its port's device id in QEMU.
+const (
+	ctlSockName = "ctl.sock"
+	ctlPortID   = "ctlport"
+)
 
 // command is QEMU's command line. socks is the directory of the control
 // sockets (QMP's, and virtio-serial's unless cid is set: vhost-vsock).
@@ -324,7 +327,7 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 		args = append(args,
 			"-device", "virtio-serial-device",
 			"-chardev", "socket,id=ctl,path="+socks.BindPath(ctlSockName)+",server=on,wait=off",
-			"-device", "virtserialport,chardev=ctl,name="+guest.SerialPortName)
+			"-device", "virtserialport,id="+ctlPortID+",chardev=ctl,name="+guest.SerialPortName)
 	}
 	if net != nil {
 		args = append(args,

@@ -161,3 +161,22 @@ func (q *qmp) waitMigration(ctx context.Context) (migrationStatus, error) {
 		}
 	}
 }
+
+// waitEvent reads what QEMU sends until an event of this name whose data
+// match accepts, or ctx ends.
+func (q *qmp) waitEvent(ctx context.Context, name string, match func(json.RawMessage) bool) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = q.conn.SetReadDeadline(dl)
+		defer q.conn.SetReadDeadline(time.Time{})
+	}
+	for {
+		m, err := q.line()
+		if err != nil {
+			return err
+		}
+		var ev string
+		if json.Unmarshal(m["event"], &ev) == nil && ev == name && match(m["data"]) {
+			return nil
+		}
+	}
+}

@@ -55,9 +55,24 @@ func (s *Sandbox) Pause(ctx context.Context) (sandbox.Snapshot, error) {
 	defer q.close()
 	// Saved with no host on its channel: the restored guest then starts a
 	// session with whoever connects, rather than resume one with a host
-	// that is gone.
+	// that is gone. The guest closes its end of the port when it sees the
+	// host leave (QEMU says so; under TCG it takes about a second): waiting
+	// for that spares the first call after a restore a stale session's
+	// timeout, and a resume is what a user waits for.
 	if s.channel != nil {
 		s.channel.Close()
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := q.waitEvent(wctx, "VSERPORT_CHANGE", func(data json.RawMessage) bool {
+			var d struct {
+				ID   string `json:"id"`
+				Open bool   `json:"open"`
+			}
+			return json.Unmarshal(data, &d) == nil && d.ID == ctlPortID && !d.Open
+		})
+		cancel()
+		if err != nil {
+			s.d.log.Debug("the guest did not close its channel before the pause", "session", s.id, "err", err)
+		}
 	}
 	if _, err := q.execute("stop", nil, nil); err != nil {
 		return sandbox.Snapshot{}, fmt.Errorf("pause the VM: %w", err)

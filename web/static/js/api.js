@@ -3,9 +3,12 @@
 // A 401 means the login has lapsed: go to the login page.
 
 export class APIError extends Error {
-  constructor(status, message) {
+  constructor(status, message, data = null) {
     super(message);
     this.status = status;
+    // A paused session whose API key the server no longer holds (it
+    // restarted): resume it with the key.
+    this.keyNeeded = Boolean(data && data.keyNeeded === true);
   }
 }
 
@@ -40,7 +43,7 @@ async function call(method, path, body, headers = {}) {
   }
   if (!resp.ok) {
     const msg = data && typeof data.error === 'string' ? data.error : `${method} ${path}: HTTP ${resp.status}`;
-    throw new APIError(resp.status, msg);
+    throw new APIError(resp.status, msg, data);
   }
   return data;
 }
@@ -63,6 +66,9 @@ export const api = {
   rename: (id, name) => call('PATCH', sid(id), { name }),
   input: (id, message) => call('POST', sid(id) + '/input', { message }),
   cancel: (id) => call('POST', sid(id) + '/cancel', {}),
+  pause: (id) => call('POST', sid(id) + '/pause'),
+  // The key, when the server needs it again, goes in the body, never the URL.
+  resume: (id, apiKey) => call('POST', sid(id) + '/resume', apiKey ? { apiKey } : undefined),
   end: (id) => call('DELETE', sid(id)),
   email: (id, to) => call('POST', sid(id) + '/email', { to }),
   // sessionId (an extension) makes the server append that session's transcript to the prompt.

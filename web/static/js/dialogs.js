@@ -1,8 +1,9 @@
 // The page's dialogs (the <dialog> elements in index.html): confirmation,
-// the session list, about, and the e-mail and exe.dev hand-offs that only
-// appear where /api/platform says the server offers them.
+// the session list, about, the API key a paused session needs again, and the
+// e-mail and exe.dev hand-offs that only appear where /api/platform says the
+// server offers them.
 import { api } from './api.js';
-import { h, $, fmtTime, fmtTokens, fmtCost, toast, ENDED, STATE_LABEL } from './util.js';
+import { h, $, fmtTime, fmtTokens, fmtCost, toast, ENDED, STATE_LABEL, PROVIDER_NAMES } from './util.js';
 
 // confirmDialog asks a yes/no question; it resolves true for OK.
 export function confirmDialog(title, text, okLabel = 'OK') {
@@ -36,6 +37,10 @@ export async function openSessions(onOpen, openIds) {
   }
   list.replaceChildren(...sessions.map((s) => {
     const ended = ENDED.has(s.state);
+    let state = STATE_LABEL[s.state] || s.state;
+    if (ended) state += ' · read-only';
+    // Paused sessions are not ended: they open live, and a message resumes them.
+    if (s.state === 'paused') state += s.keyNeeded ? ' · needs its key to resume' : ' · resumes on a message';
     const u = s.usage || {};
     const meta = [s.provider + ' · ' + s.model, 'started ' + fmtTime(s.createdAt),
       `${fmtTokens(u.inputTokens)} in · ${fmtTokens(u.outputTokens)} out · ${fmtCost(u.costUsd)}`];
@@ -46,10 +51,57 @@ export async function openSessions(onOpen, openIds) {
     },
     h('span', { class: `dot s-${s.state}` }),
     h('span', { class: 's-item-name', text: s.name }),
-    h('span', { class: 's-item-state', text: (STATE_LABEL[s.state] || s.state) + (ended ? ' · read-only' : '') }),
+    h('span', { class: 's-item-state', text: state }),
     h('span', { class: 's-item-meta', text: meta.join(' — ') }));
   }));
   list.querySelector('button')?.focus();
+}
+
+// askKey asks for the API key of a paused session (view: its info) whose
+// key the server no longer holds. It resolves {key, remember}, or null when
+// the user cancels. The key is typed masked and never stays in the page.
+export function askKey(view, problem = '') {
+  const d = $('#key-dialog');
+  const form = $('#key-form');
+  const input = $('#key-input');
+  const show = $('#key-show');
+  const provider = PROVIDER_NAMES[view.provider] || view.provider || 'provider';
+  $('#key-label').textContent = `${provider} API key`;
+  $('#key-text').textContent = `The server restarted and keeps API keys in memory only, so “${view.name}” needs its key again to resume. It is sent to this server only.`;
+  $('#key-problem').textContent = problem;
+  $('#key-remember').checked = false;
+  input.value = '';
+  input.type = 'password';
+  show.textContent = 'Show';
+  show.setAttribute('aria-pressed', 'false');
+  show.onclick = () => {
+    const on = input.type === 'password';
+    input.type = on ? 'text' : 'password';
+    show.textContent = on ? 'Hide' : 'Show';
+    show.setAttribute('aria-pressed', String(on));
+  };
+  return new Promise((resolve) => {
+    let answer = null;
+    form.onsubmit = (e) => {
+      e.preventDefault();
+      const key = input.value.trim();
+      if (!key) {
+        $('#key-problem').textContent = 'Enter the key.';
+        input.focus();
+        return;
+      }
+      answer = { key, remember: $('#key-remember').checked };
+      d.close();
+    };
+    $('#key-cancel').onclick = () => d.close();
+    d.addEventListener('close', () => {
+      input.value = '';
+      input.type = 'password';
+      resolve(answer);
+    }, { once: true });
+    d.showModal();
+    input.focus();
+  });
 }
 
 // openAbout shows the version and what the server runs on.

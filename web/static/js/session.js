@@ -2,12 +2,16 @@
 // and status bar, fed by its event stream. It stays in the page while its tab
 // is open (hidden when another tab is shown), so a session keeps streaming in
 // the background.
+//
+// A paused session keeps its panel and transcript; sending a message (or
+// Resume) starts it again, with its API key where the server no longer holds
+// it: the one this browser remembers for the provider, else the user is asked.
 import { api } from './api.js';
-import { h, icon, iconButton, fmtDuration, fmtTokens, fmtCost, toast, announce, ENDED, STATE_LABEL } from './util.js';
+import { h, icon, iconButton, fmtDuration, fmtTokens, fmtCost, fmtMs, fmtMiB, toast, announce, ENDED, STATE_LABEL } from './util.js';
 import { SessionStream } from './stream.js';
 import { Transcript } from './transcript.js';
-import { loadEnterSends } from './prefs.js';
-import { confirmDialog, openEmail, openExeDev } from './dialogs.js';
+import { loadEnterSends, loadKeys, rememberKey } from './prefs.js';
+import { confirmDialog, openEmail, openExeDev, askKey } from './dialogs.js';
 
 const WORD = 'Working…';
 
@@ -25,6 +29,9 @@ export class SessionView {
     this.stick = true;
     this.boot = null;
     this.busySince = 0;
+    this.resuming = null; // the note of a resume in progress: {note, done}
+    this.pausing = false; // a pause request is on its way
+    this.pauseNote = null; // the note of the last paused event, until its status says why
     this.stream = new SessionStream(id, (type, data) => this.onEvent(type, data), (c) => this.onConn(c));
     this.build();
     this.transcript = new Transcript(this.log, () => this.info.name);
@@ -38,11 +45,12 @@ export class SessionView {
     this.emailBtn = h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Email the transcript', title: 'Email the transcript', hidden: true, onclick: () => openEmail(this) }, icon('mail'), h('span', { class: 'label', text: 'Email' }));
     this.exedevBtn = h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Send to a new exe.dev VM', title: 'Send to a new exe.dev VM', hidden: true, onclick: () => openExeDev(this) }, icon('rocket'), h('span', { class: 'label', text: 'Send to exe.dev' }));
     this.endBtn = h('button', { type: 'button', class: 'btn ghost small end-session', 'aria-label': 'End session', title: 'End the session and delete its sandbox', onclick: () => this.end() }, icon('power'), h('span', { class: 'label', text: 'End session' }));
+    this.pauseBtn = h('button', { type: 'button', class: 'btn ghost small pause-session', 'aria-label': 'Pause session', title: 'Pause: save the sandbox and free its memory; a message resumes it', disabled: true, onclick: () => this.pause() }, icon('pause'), h('span', { class: 'label', text: 'Pause' }));
     const head = h('header', { class: 's-head' }, this.titleEl, this.modelEl, this.badges,
       h('div', { class: 's-actions' },
         h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Rename', title: 'Rename (F2 on the tab)', onclick: () => this.app.onRename(id) }, icon('edit'), h('span', { class: 'label', text: 'Rename' })),
         h('a', { class: 'btn ghost small download-transcript', href: api.transcriptURL(id, 'md'), download: '', 'aria-label': 'Download the conversation as Markdown', title: 'Download the conversation as Markdown' }, icon('download'), h('span', { class: 'label', text: 'Download' })),
-        this.emailBtn, this.exedevBtn, this.endBtn));
+        this.emailBtn, this.exedevBtn, this.pauseBtn, this.endBtn));
 
     this.log = h('div', { class: 'transcript', role: 'log', 'aria-label': 'Conversation' });
     this.scroller = h('div', { class: 'scroller', tabindex: '0', 'aria-label': 'Conversation' }, this.log);
@@ -69,6 +77,11 @@ export class SessionView {
 
     this.endedBanner = h('div', { class: 'ended-banner', role: 'status', hidden: true });
 
+    this.pausedText = h('span', { class: 'paused-text' });
+    this.resumeBtn = h('button', { type: 'button', class: 'btn small primary resume-session', onclick: () => this.resumeNow() }, icon('play'), 'Resume');
+    this.pausedBanner = h('div', { class: 'paused-banner', role: 'status', hidden: true },
+      h('span', { class: 'badge paused', text: 'Paused' }), this.pausedText, h('span', { class: 'grow' }), this.resumeBtn);
+
     this.stateEl = h('span', { class: 'st-text' });
     this.dotEl = h('span', { class: 'dot' });
     this.uptimeEl = h('span', { class: 'st-uptime', title: 'Uptime' });
@@ -80,7 +93,7 @@ export class SessionView {
       h('span', { class: 'grow' }), this.connEl, this.statusModel);
 
     this.el = h('section', { class: 'session', id: `panel-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, dataset: { sessionId: id } },
-      head, this.scroller, this.working, this.endedBanner, this.composer, bar);
+      head, this.scroller, this.working, this.endedBanner, this.pausedBanner, this.composer, bar);
   }
 
   // load fetches the session and starts its stream.
@@ -101,7 +114,8 @@ export class SessionView {
   }
 
   setInfo(v) {
-    this.info = { ...this.info, ...v };
+    // Absent (omitted when false or not paused) means no.
+    this.info = { ...this.info, ...v, keyNeeded: Boolean(v.keyNeeded), resumeKind: v.resumeKind || '' };
     this.uptimeBase = Number(v.uptime) || 0;
     this.uptimeAt = performance.now();
     this.setState(v.state);
@@ -140,10 +154,14 @@ export class SessionView {
       this.info.name = v.name;
       this.renderHead();
     }
-    if (this.loaded && !this.stream.connected && v.state && v.state !== this.state) {
-      this.info = { ...this.info, ...v };
+    if (!this.loaded || this.stream.connected || !v.state) return;
+    if (v.state !== this.state || v.state === 'paused') {
+      // Whether a paused session needs its key changes when the server restarts.
+      this.info = { ...this.info, ...v, keyNeeded: Boolean(v.keyNeeded), resumeKind: v.resumeKind || this.info.resumeKind };
       this.setState(v.state);
     }
+    // Resumed (or ended) elsewhere while this stream slept: listen again.
+    if (this.stream.asleep && v.state !== 'paused') this.listen();
   }
 
   rename(name) {
@@ -159,6 +177,7 @@ export class SessionView {
     const ended = ENDED.has(state);
     this.composer.hidden = ended;
     this.endBtn.hidden = ended || state === 'stopping';
+    this.updateActions();
     if (ended) {
       this.setBusy(false);
       this.endedBanner.hidden = false;
@@ -173,6 +192,22 @@ export class SessionView {
   }
 
   get ended() { return ENDED.has(this.state); }
+
+  // updateActions shows what can be done in the current state: pause an idle
+  // session, resume a paused one.
+  updateActions() {
+    const paused = this.state === 'paused';
+    this.pauseBtn.hidden = this.ended || paused;
+    this.pauseBtn.disabled = this.state !== 'active' || this.busy || this.pausing;
+    this.pausedBanner.hidden = !paused;
+    this.input.placeholder = paused ? 'Message the agent… (sending resumes the session)' : 'Message the agent…';
+    if (!paused) return;
+    const v = this.info;
+    const how = v.resumeKind === 'snapshot' ? 'It resumes from a snapshot: everything runs on where it stood.'
+      : 'It resumes cold: its files are kept, processes will not survive.';
+    const key = v.keyNeeded ? ' The server restarted and no longer holds its API key: it will be asked for.' : '';
+    this.pausedText.textContent = `${how} Sending a message resumes it.${key}`;
+  }
 
   onEvent(type, d) {
     switch (type) {
@@ -191,6 +226,8 @@ export class SessionView {
       case 'usage': return this.setUsage(d.total || d);
       case 'error_event': return this.transcript.error(d);
       case 'exit': return this.onExit(d);
+      case 'paused': return this.onPaused(d);
+      case 'resumed': return this.onResumed(d);
     }
   }
 
@@ -201,7 +238,63 @@ export class SessionView {
     }
     if (d.state === 'creating' || d.state === 'booting' || (this.boot && !this.boot.done)) this.bootProgress(d);
     if (d.state === 'error' && d.message) this.info.error = d.message;
+    if (d.state === 'paused' && this.pauseNote) {
+      this.pauseNote.why = String(d.message || '').replace(/^paused: /, '');
+      this.renderPauseNote();
+      this.pauseNote = null;
+    }
+    if (d.state === 'resuming') this.resumeProgress(d);
+    else if (this.resuming) this.resumeEnded(d);
     this.setState(d.state);
+  }
+
+  // onPaused notes in the conversation how the session was saved; the
+  // status that follows says why it paused.
+  onPaused(d) {
+    this.info.resumeKind = d.kind === 'snapshot' ? 'snapshot' : 'cold';
+    this.pauseNote = { el: this.transcript.notice('', 'pause-note'), d, why: '' };
+    this.renderPauseNote();
+    this.updateActions();
+  }
+
+  renderPauseNote() {
+    const { el, d, why } = this.pauseNote;
+    const head = !why ? 'Paused' : /^paused\b/i.test(why) ? why[0].toUpperCase() + why.slice(1) : `Paused: ${why}`;
+    const took = d.ms ? ` (${fmtMs(Number(d.ms))})` : '';
+    if (d.kind === 'snapshot') {
+      const size = d.bytes ? ` (${fmtMiB(d.bytes / 1048576)})` : '';
+      el.textContent = `${head}. The whole sandbox was saved${size}: it resumes where it stood.${took}`;
+    } else if (d.reason && d.reason === why) {
+      el.textContent = `${head}.${took}`; // the reason says it all
+    } else {
+      el.textContent = `${head}. Its files are kept, its processes are not${d.reason ? `: ${d.reason}` : ''}.${took}`;
+    }
+  }
+
+  // resumeProgress shows that the session is resuming, and its phase.
+  resumeProgress(d) {
+    if (!this.resuming) this.resuming = { note: this.transcript.notice('Resuming…', 'resume-note'), done: false };
+    if (!this.resuming.done) this.resuming.note.textContent = d.phase && d.phase !== 'resume' ? `Resuming… (${d.phase})` : 'Resuming…';
+  }
+
+  // onResumed says how the session came back, and how long it took.
+  onResumed(d) {
+    if (!this.resuming) this.resuming = { note: this.transcript.notice('', 'resume-note'), done: false };
+    const ms = fmtMs(Number(d.ms) || 0);
+    this.resuming.note.textContent = d.kind === 'snapshot' ? `Resumed from snapshot in ${ms}`
+      : `Resumed cold in ${ms}${d.reason ? `: ${d.reason}` : ''}`;
+    this.resuming.done = true;
+    if (this.stream.connected && this.active) announce('The session has resumed');
+  }
+
+  // resumeEnded closes a resume's note when the state moves on; a session
+  // that went back to paused did not come back.
+  resumeEnded(d) {
+    if (!this.resuming.done) {
+      this.resuming.note.textContent = `Resuming failed${d.message ? `: ${d.message}` : ''}`;
+      this.resuming.note.classList.add('bad');
+    }
+    this.resuming = null;
   }
 
   // bootProgress lists the sandbox's start-up phases as they arrive.
@@ -239,6 +332,7 @@ export class SessionView {
     this.busy = busy;
     this.working.hidden = !busy;
     this.sendBtn.disabled = busy;
+    this.updateActions();
     this.busySince = performance.now();
     if (busy) this.elapsedEl.textContent = '';
     if (this.stream.connected && this.active) announce(busy ? 'The agent is working' : 'The agent has finished');
@@ -280,7 +374,7 @@ export class SessionView {
   }
 
   onConn(c) {
-    const text = { open: 'live', reconnecting: 'reconnecting…', closed: '', gone: '' }[c] ?? '';
+    const text = { open: 'live', reconnecting: 'reconnecting…', closed: '', paused: '', gone: '' }[c] ?? '';
     this.connEl.textContent = this.ended ? '' : text;
     if (c === 'gone') this.gone();
   }
@@ -319,7 +413,7 @@ export class SessionView {
     }
     this.sendBtn.disabled = true;
     try {
-      await api.input(this.id, text);
+      if (!(await this.deliver(text))) return;
       this.input.value = '';
       this.grow();
       this.stick = true;
@@ -328,6 +422,104 @@ export class SessionView {
     } finally {
       this.sendBtn.disabled = this.busy;
     }
+  }
+
+  // deliver sends a message. The server resumes a paused session for it, but
+  // only with the API key it holds: where it holds none, the session is
+  // resumed with the key first. False when no key was given.
+  async deliver(text) {
+    // The input resumes the session: its stream must then be opened again.
+    let wake = this.state === 'paused' || this.state === 'pausing' || this.stream.asleep;
+    if (this.state === 'paused' && this.info.keyNeeded) {
+      if (!(await this.resume())) return false;
+      wake = false; // resume did
+    }
+    try {
+      await api.input(this.id, text);
+    } catch (err) {
+      if (!err.keyNeeded) throw err;
+      // The server restarted since this page last looked.
+      this.needKey();
+      if (!(await this.resume())) return false;
+      wake = false;
+      await api.input(this.id, text);
+    }
+    if (wake) this.listen();
+    return true;
+  }
+
+  async resumeNow() {
+    this.resumeBtn.disabled = true;
+    try {
+      await this.resume();
+    } finally {
+      this.resumeBtn.disabled = false;
+    }
+  }
+
+  // resume starts the paused session again. Where the server needs its API
+  // key, the key this browser remembers for the provider goes with it, else
+  // the user is asked for one. False when it did not resume: no key was
+  // given, or it failed (and the error is shown).
+  async resume() {
+    const provider = this.info.provider;
+    const remembered = loadKeys()[provider] || '';
+    let key = this.info.keyNeeded ? remembered : '';
+    let remember = false;
+    let problem = '';
+    for (;;) {
+      if (this.info.keyNeeded && !key) {
+        const got = await askKey(this.info, problem);
+        if (!got) return false;
+        ({ key, remember } = got);
+      }
+      try {
+        const v = await api.resume(this.id, key);
+        if (remember) rememberKey(provider, key);
+        this.setInfo(v);
+        this.listen();
+        return true;
+      } catch (err) {
+        if (err.keyNeeded && !key && remembered) {
+          // Needed after all: the remembered key first.
+          this.needKey();
+          key = remembered;
+        } else if (err.keyNeeded || (key && err.status === 400)) {
+          // Needed, or the key was refused: ask for one.
+          this.needKey();
+          problem = err.keyNeeded ? '' : err.message;
+          key = '';
+        } else {
+          toast(err.message, true);
+          return false;
+        }
+      }
+    }
+  }
+
+  needKey() {
+    this.info.keyNeeded = true;
+    this.updateActions();
+  }
+
+  async pause() {
+    this.pausing = true;
+    this.updateActions();
+    try {
+      this.setInfo(await api.pause(this.id));
+    } catch (err) {
+      toast(err.message, true);
+    } finally {
+      this.pausing = false;
+      this.updateActions();
+    }
+  }
+
+  // listen opens the stream again once the session runs (or has ended)
+  // after it slept through a pause.
+  listen() {
+    this.stream.wake();
+    if (this.active) this.app.pool.use(this.stream);
   }
 
   async stop() {
@@ -347,6 +539,8 @@ export class SessionView {
     if (!ok) return;
     try {
       await api.end(this.id);
+      // A paused session ends without a live stream to tell: fetch its end.
+      if (this.stream.asleep) this.listen();
     } catch (err) {
       toast(err.message, true);
     }

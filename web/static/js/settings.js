@@ -1,11 +1,9 @@
 // The settings dialog: theme, how Enter behaves, and the API keys this
 // browser remembers (each can be forgotten).
 import { api } from './api.js';
-import { $, h, toast } from './util.js';
+import { $, h, toast, PROVIDER_NAMES as NAMES } from './util.js';
 import { loadTheme, loadKeys, rememberKey, forgetKeys, loadEnterSends, saveEnterSends } from './prefs.js';
 import { setTheme } from './theme.js';
-
-const NAMES = { anthropic: 'Anthropic', openai: 'OpenAI', openrouter: 'OpenRouter', 'openai-compatible': 'OpenAI-compatible' };
 
 function mask(key) {
   return key.length <= 8 ? '••••' : `${key.slice(0, 4)}…${key.slice(-4)}`;

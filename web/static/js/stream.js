@@ -4,6 +4,11 @@
 // shows anything twice. After an ended session's `exit` the server closes the
 // stream, and so do we, or EventSource would reconnect for ever.
 //
+// A paused session has nothing live: the server replays its log and ends the
+// stream. EventSource would ask again every second, so the stream goes to
+// sleep instead (the log's last status says "paused"), and wake() opens it
+// again, from the last event id, once the session has been resumed.
+//
 // Browsers allow six HTTP/1.1 connections per server, and every open stream
 // holds one, so a StreamPool keeps at most a few connected: the tabs used
 // most recently. A tab whose stream was let go reconnects, from its last
@@ -11,12 +16,12 @@
 import { api } from './api.js';
 
 export const EVENT_TYPES = ['status', 'user_message', 'message_delta', 'message', 'thinking_delta', 'thinking',
-  'tool_call', 'tool_result', 'agent_busy', 'agent_idle', 'usage', 'exit', 'error_event'];
+  'tool_call', 'tool_result', 'agent_busy', 'agent_idle', 'usage', 'exit', 'error_event', 'paused', 'resumed'];
 
 export class SessionStream {
   // onEvent(type, data, id) gets each event once, in order. onConn(state)
-  // hears "open", "reconnecting", "closed" and "gone" (the session no longer
-  // exists for this user).
+  // hears "open", "reconnecting", "closed", "paused" (asleep until woken) and
+  // "gone" (the session no longer exists for this user).
   constructor(id, onEvent, onConn = () => {}) {
     this.id = id;
     this.onEvent = onEvent;
@@ -24,6 +29,8 @@ export class SessionStream {
     this.lastId = 0;
     this.ended = false;
     this.endSeen = false;
+    this.paused = false; // the last status seen says paused
+    this.asleep = false; // closed because the session is paused; wake() ends it
     this.es = null;
     this.retry = null;
   }
@@ -31,7 +38,7 @@ export class SessionStream {
   get connected() { return this.es !== null; }
 
   connect() {
-    if (this.es || this.ended) return;
+    if (this.es || this.ended || this.asleep) return;
     clearTimeout(this.retry);
     const es = new EventSource(api.streamURL(this.id, this.lastId));
     this.es = es;
@@ -47,6 +54,11 @@ export class SessionStream {
         // The log of an ended session is all here; do not ask again.
         this.ended = true;
         this.close();
+      } else if (this.paused) {
+        // The log of a paused session is all here, and nothing is live.
+        this.close();
+        this.asleep = true;
+        this.onConn('paused');
       } else {
         this.onConn('reconnecting');
       }
@@ -59,7 +71,10 @@ export class SessionStream {
     let data;
     try { data = JSON.parse(e.data); } catch { return; }
     this.lastId = id;
-    if (type === 'status' && (data.state === 'stopped' || data.state === 'error')) this.endSeen = true;
+    if (type === 'status') {
+      if (data.state === 'stopped' || data.state === 'error') this.endSeen = true;
+      this.paused = data.state === 'paused';
+    }
     try {
       this.onEvent(type, data, id);
     } catch (err) {
@@ -84,6 +99,16 @@ export class SessionStream {
     }
     this.onConn('reconnecting');
     this.retry = setTimeout(() => this.connect(), 3000);
+  }
+
+  // wake lets the stream of a resumed session connect again (StreamPool.use
+  // or connect does it). A connection still open is dropped: it may be the
+  // one replaying the paused log, whose end would put the stream back to
+  // sleep; the next one starts from the last event seen, so nothing is lost.
+  wake() {
+    this.close();
+    this.paused = false;
+    this.asleep = false;
   }
 
   close() {

@@ -107,8 +107,10 @@ export class Transcript {
     this.add(h('div', { class: 'msg msg-error', role: 'alert' }, icon('warn'), ' ', String(d.message ?? 'error')));
   }
 
-  notice(text) {
-    this.add(h('div', { class: 'msg-notice', text }));
+  // notice adds a small note from the system (a pause, a resume); it
+  // returns the note, which may be updated.
+  notice(text, cls = '') {
+    return this.add(h('div', { class: `msg-notice ${cls}`.trim(), role: 'note', text }));
   }
 
   // turnEnded closes whatever the turn left open: a cancelled answer keeps

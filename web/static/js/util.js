@@ -151,5 +151,8 @@ export function randomName() {
 export const ENDED = new Set(['stopped', 'error']);
 export const STATE_LABEL = {
   creating: 'Creating', booting: 'Starting sandbox', active: 'Ready', busy: 'Working',
+  pausing: 'Pausing', paused: 'Paused', resuming: 'Resuming',
   stopping: 'Stopping', stopped: 'Ended', error: 'Failed',
 };
+
+export const PROVIDER_NAMES = { anthropic: 'Anthropic', openai: 'OpenAI', openrouter: 'OpenRouter', 'openai-compatible': 'OpenAI-compatible' };
