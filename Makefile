@@ -30,7 +30,7 @@ fmt-check:
 # size beside a cold boot.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
-	$(GO) test -run '^$$' -bench 'CreateToReady|PauseResume' -benchtime 5x -timeout 30m ./internal/vmtest/
+	$(GO) test -run '^$$' -bench 'CreateToReady|PauseResume|WarmPool|Kernels' -benchtime 5x -timeout 30m ./internal/vmtest/
 
 # Pictures of the web UI's main views for the README (headless Chromium, the
 # fake LLM), written to docs/screenshots/.

@@ -131,7 +131,7 @@ fi
 # 5. The guest image the VMs boot, built as root (debootstrap) into the data
 # directory, which then belongs to the service's user.
 if [ "${EXECLAW_SKIP_IMAGE:-0}" != 1 ]; then
-	log "guest image (a few minutes the first time, seconds afterwards)"
+	log "guest image (about ten minutes the first time on two cores, compiling its kernel; seconds afterwards)"
 	/usr/local/bin/execlaw image build --data-dir "$data_dir" --profile "${EXECLAW_IMAGE_PROFILE:-dev}"
 fi
 chown -R "$user:$user" "$data_dir"

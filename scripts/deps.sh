@@ -33,13 +33,17 @@ apt_install() {
 }
 
 # QEMU runs the sandboxes; debootstrap and e2fsprogs build the guest image;
-# dpkg-deb (in dpkg) unpacks the kernel package.
-packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs)
+# dpkg-deb (in dpkg) unpacks Debian's kernel package. The guest image's
+# kernel is compiled from Debian's kernel source (linux-source-6.1), with
+# gcc, make, bc, bison, flex and libelf (objtool); xz unpacks the source.
+packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs
+	linux-source-6.1 gcc libc6-dev bc bison flex libelf-dev xz-utils)
 # The race detector in `go test -race` needs cgo, so a C compiler; the
 # browser tests drive Debian's Chromium; the packaging tests run
 # systemd-analyze verify on the unit and shellcheck on install.sh; the guest
-# image's byte-level tests compare with xz (xz-utils) and GNU cpio.
-[ $want_test -eq 1 ] && packages+=(gcc libc6-dev chromium systemd shellcheck xz-utils cpio)
+# image's byte-level tests compare with xz and GNU cpio. (gcc, libc6-dev and
+# xz-utils are in the list above already, for the kernel.)
+[ $want_test -eq 1 ] && packages+=(chromium systemd shellcheck cpio)
 apt_install "${packages[@]}"
 
 # npm puts Claude Code into a guest image (execlaw image build --agents

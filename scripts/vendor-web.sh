@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 MARKED=18.2.1
 DOMPURIFY=3.5.0
 HLJS=11.12.0 # @highlightjs/cdn-assets: highlight.js's prebuilt ES modules
+XTERM=6.0.0      # @xterm/xterm: the terminal (web/static/js/terminal.js)
+XTERM_FIT=0.11.0 # @xterm/addon-fit: sizes it to its element
 # highlight.js grammars the UI registers (web/static/js/highlight.js imports
 # exactly these).
 HLJS_LANGS=(bash c cpp css diff dockerfile go ini java javascript json makefile markdown
@@ -35,7 +37,7 @@ fetch() { # name version -> unpacked directory
 }
 
 out="$work/out"
-mkdir -p "$out/marked" "$out/dompurify" "$out/highlight/languages"
+mkdir -p "$out/marked" "$out/dompurify" "$out/highlight/languages" "$out/xterm" "$out/xterm-addon-fit"
 
 m=$(fetch marked "$MARKED")
 cp "$m/lib/marked.esm.js" "$out/marked/marked.esm.js"
@@ -51,9 +53,19 @@ cp "$h/LICENSE" "$out/highlight/LICENSE"
 for lang in "${HLJS_LANGS[@]}"; do
 	cp "$h/es/languages/$lang.min.js" "$out/highlight/languages/$lang.min.js"
 done
+x=$(fetch @xterm/xterm "$XTERM")
+cp "$x/lib/xterm.mjs" "$out/xterm/xterm.mjs"
+cp "$x/css/xterm.css" "$out/xterm/xterm.css"
+cp "$x/LICENSE" "$out/xterm/LICENSE"
+
+xf=$(fetch @xterm/addon-fit "$XTERM_FIT")
+cp "$xf/lib/addon-fit.mjs" "$out/xterm-addon-fit/addon-fit.mjs"
+cp "$xf/LICENSE" "$out/xterm-addon-fit/LICENSE"
+
 # The source maps they point at are not shipped; drop the comments so
 # browsers do not ask for them.
-sed -i '/^\/\/# sourceMappingURL=/d' "$out/marked/marked.esm.js" "$out/dompurify/purify.es.mjs"
+sed -i '/^\/\/# sourceMappingURL=/d' "$out/marked/marked.esm.js" "$out/dompurify/purify.es.mjs" \
+	"$out/xterm/xterm.mjs" "$out/xterm-addon-fit/addon-fit.mjs"
 
 {
 	echo "# Vendored browser libraries, written by scripts/vendor-web.sh; do not edit."
@@ -64,6 +76,8 @@ sed -i '/^\/\/# sourceMappingURL=/d' "$out/marked/marked.esm.js" "$out/dompurify
 		marked/*) pkg="marked $MARKED" ;;
 		dompurify/*) pkg="dompurify $DOMPURIFY" ;;
 		highlight/*) pkg="@highlightjs/cdn-assets $HLJS" ;;
+		xterm/*) pkg="@xterm/xterm $XTERM" ;;
+		xterm-addon-fit/*) pkg="@xterm/addon-fit $XTERM_FIT" ;;
 		esac
 		echo "$pkg $f $(sha256sum "$f" | cut -d' ' -f1)"
 	done)

@@ -29,7 +29,15 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	fs.StringVar(&netFlags.NetPool, "net-pool", envOr(getenv, "EXECLAW_NET_POOL", network.DefaultPool.String()), "VM address pool, as serve takes it (EXECLAW_NET_POOL)")
 	fs.StringVar(&netFlags.GuestAllow, "guest-allow", envOr(getenv, "EXECLAW_GUEST_ALLOW", ""), "ranges guests may reach, as serve takes them (EXECLAW_GUEST_ALLOW)")
 	fs.StringVar(&netFlags.GuestDeny, "guest-deny", envOr(getenv, "EXECLAW_GUEST_DENY", ""), "ranges guests may not reach, as serve takes them (EXECLAW_GUEST_DENY)")
-	if err := fs.Parse(args); err != nil {
+	warmPool := fs.String("warm-pool", envOr(getenv, "EXECLAW_WARM_POOL", "auto"), "warm pool, as serve takes it (EXECLAW_WARM_POOL)")
+	fs.IntVar(&netFlags.MaxSessions, "max-sessions", 10, "sessions at once, as serve takes it")
+	fs.Float64Var(&netFlags.MemoryPercent, "memory-limit-percent", 90, "the memory gate, as serve takes it")
+	fs.Float64Var(&netFlags.MemoryOvercommit, "memory-overcommit", 1, "the memory gate's overcommit, as serve takes it")
+	var err error
+	if err = fs.Parse(args); err != nil {
+		return err
+	}
+	if netFlags.WarmPool, err = parseWarmPool(*warmPool, netFlags.MaxSessions); err != nil {
 		return err
 	}
 	dir, err := filepath.Abs(*dataDir)
@@ -50,6 +58,7 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 		Network: hostNet,
 	})
 	report.Findings = append(report.Findings, resourceFindings(dir)...)
+	report.Findings = append(report.Findings, poolFinding(netFlags, driver, dir))
 	// Where this server's VM networking stands among other servers on the
 	// host, and what its guests may reach. Reading only: nothing is claimed.
 	netInfo, netErr := hostNet.Describe()

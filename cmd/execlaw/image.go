@@ -38,9 +38,13 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 		fs.StringVar(&o.Distro, "distro", "bookworm", "distribution: bookworm, or noble (Ubuntu) when its mirror answers")
 		fs.StringVar(&o.Mirror, "mirror", "", "package mirror (default: the distribution's)")
 		fs.StringVar(&o.GuestBinary, "guest-bin", envOr(getenv, "EXECLAW_GUEST_BIN", ""), "static execlaw-guest for the initramfs (default: next to execlaw)")
-		fs.StringVar(&o.KernelFile, "kernel", "", "use this bzImage instead of Debian's linux-image-amd64")
+		fs.StringVar(&o.KernelSource, "kernel-source", "", "where the guest kernel comes from: "+image.KernelBuilt+
+			" (compiled here from Debian's "+image.KernelSourcePackage+" with everything built in, no modules; the default) or "+
+			image.KernelDebian+" (Debian's linux-image-amd64 and its modules)")
+		fs.IntVar(&o.KernelJobs, "kernel-jobs", 0, "compiles a kernel build runs at once (default: one per CPU)")
+		fs.StringVar(&o.KernelFile, "kernel", "", "use this bzImage instead")
 		fs.StringVar(&o.ModulesDir, "modules", "", "with --kernel: its lib/modules/<release> directory")
-		fs.StringVar(&o.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading one")
+		fs.StringVar(&o.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading Debian's")
 		fs.BoolVar(&o.Force, "force", false, "rebuild everything")
 		agents := fs.String("agents", "", "agent CLIs to install besides the built-in agent: claude-code")
 		fs.StringVar(&o.Agents.ClaudeCodeVersion, "claude-code-version", image.ClaudeCodeVersion, "the @anthropic-ai/claude-code release to install")
@@ -108,7 +112,11 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 func printManifest(w io.Writer, m image.Manifest) {
-	fmt.Fprintf(w, "%s: %s %s, kernel %s, built %s by execlaw %s\n", m.Name, m.Distro, m.Profile, m.Kernel.Version,
+	kernel := m.Kernel.Version
+	if m.KernelSource != "" {
+		kernel += " (" + m.KernelSource + ")"
+	}
+	fmt.Fprintf(w, "%s: %s %s, kernel %s, built %s by execlaw %s\n", m.Name, m.Distro, m.Profile, kernel,
 		m.BuiltAt.Format("2006-01-02 15:04"), m.ExecLawVersion)
 	if len(m.Agents) > 0 {
 		fmt.Fprintf(w, "  agents     %s\n", strings.Join(m.Agents, ", "))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -55,8 +56,16 @@ type serveConfig struct {
 	LLMRetries    int
 	// MaxEventLogMiB bounds one session's event log.
 	MaxEventLogMiB int
+	// MaxUploadMiB bounds one file or archive uploaded into a workspace;
+	// RepoCAFile holds PEM certificates repository clones trust besides the
+	// system's.
+	MaxUploadMiB int
+	RepoCAFile   string
 	// PauseAfterMin pauses idle sessions; MaxPaused bounds paused ones.
 	PauseAfterMin, MaxPaused int
+	// WarmPool is how many booted, idle VMs new sessions take from;
+	// warmPoolAuto: one for VM drivers, none for the process driver.
+	WarmPool int
 	// KeyStore seals API keys at rest ("file:PATH", "credential:NAME").
 	KeyStore string
 	// DiskSize is each VM's writable disk, MinFreeDisk the data directory's
@@ -94,6 +103,8 @@ type serveConfig struct {
 	TrustedProxy string
 	TLSCert      string
 	TLSKey       string
+	// Preview configures live previews (preview.go).
+	Preview previewConfig
 
 	// The VMs' resource walls: sessions per user, committed memory's
 	// overcommit ratio, per-VM cgroups (auto, on, off) and CPU cap.
@@ -121,6 +132,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
 	fs.StringVar(&c.GuestBin, "guest-bin", env("EXECLAW_GUEST_BIN", ""), "path of execlaw-guest for the process driver; default: next to execlaw, then $PATH (EXECLAW_GUEST_BIN)")
 	fs.StringVar(&c.KeyStore, "key-store", env("EXECLAW_KEY_STORE", ""), "seal API keys at rest so paused sessions resume after a restart: file:PATH (a key file outside the data directory) or credential:NAME (a systemd credential); empty: keys stay in memory (EXECLAW_KEY_STORE)")
+	fs.StringVar(&c.RepoCAFile, "repo-ca-file", env("EXECLAW_REPO_CA_FILE", ""), "PEM file of CA certificates that repository clones trust besides the system's (a private git server) (EXECLAW_REPO_CA_FILE)")
 	fs.StringVar(&c.LogLevel, "log-level", env("EXECLAW_LOG_LEVEL", "info"), "debug, info, warn or error (EXECLAW_LOG_LEVEL)")
 	diskSize := fs.String("disk-size", env("EXECLAW_DISK_SIZE", "8G"), "size of each VM session's writable disk (sparse): 512M, 8G... (EXECLAW_DISK_SIZE)")
 	minFree := fs.String("min-free-disk", env("EXECLAW_MIN_FREE_DISK", "2G"), "free space the data directory's disk keeps: below it new sessions are refused and the session using the most disk is ended; 0 for no floor (EXECLAW_MIN_FREE_DISK)")
@@ -143,6 +155,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.TrustedProxy, "trusted-proxy", env("EXECLAW_TRUSTED_PROXY", ""), "--auth exedev: comma-separated addresses or CIDR prefixes of the exe.dev proxy, whose X-ExeDev-* headers are believed besides loopback peers' (EXECLAW_TRUSTED_PROXY)")
 	fs.StringVar(&c.TLSCert, "tls-cert", env("EXECLAW_TLS_CERT", ""), "PEM certificate (chain) file: serve HTTPS; needs --tls-key (EXECLAW_TLS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", env("EXECLAW_TLS_KEY", ""), "PEM private key file for --tls-cert (EXECLAW_TLS_KEY)")
+	registerPreviewFlags(fs, &c.Preview, env)
 	intFlag := func(p *int, name, envName string, def int, help string) error {
 		v, err := strconv.Atoi(env(envName, strconv.Itoa(def)))
 		if err != nil {
@@ -160,6 +173,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		{&c.MaxSessionsPerUser, "max-sessions-per-user", "EXECLAW_MAX_SESSIONS_PER_USER", "sessions one user may run at once; 0: half of --max-sessions (at least 1) with --auth exedev, all of them otherwise", 0},
 		{&c.MaxSteps, "max-steps", "EXECLAW_MAX_STEPS", "model calls per turn before the agent stops", 50},
 		{&c.MaxEventLogMiB, "max-event-log-mib", "EXECLAW_MAX_EVENT_LOG_MIB", "MiB of events one session's log may hold; a turn that reaches it is ended", session.DefaultEventLogQuota >> 20},
+		{&c.MaxUploadMiB, "max-upload-mib", "EXECLAW_MAX_UPLOAD_MIB", "MiB one file or archive uploaded into a session's workspace may hold", api.DefaultMaxUploadMiB},
 		{&c.PauseAfterMin, "pause-after", "EXECLAW_PAUSE_AFTER", "minutes without activity after which a session is paused (its VM saved, its memory freed); 0: never", 30},
 		{&c.MaxPaused, "max-paused-sessions", "EXECLAW_MAX_PAUSED_SESSIONS", "paused sessions kept at most (they take disk only); 0: no bound", 100},
 		{&c.LLMRetries, "llm-retries", "EXECLAW_LLM_RETRIES", "retries of a failed model call (429, 5xx, network)", 2},
@@ -187,6 +201,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 		fs.Float64Var(f.p, f.name, v, f.help+" ("+f.envName+")")
 	}
+	warmPool := fs.String("warm-pool", env("EXECLAW_WARM_POOL", "auto"), "VMs kept booted and idle for new sessions of the default size, which then start at once: a number, or auto (1 with a VM sandbox, 0 with the process one); they count against --max-sessions and the memory gate, and give way to sessions (EXECLAW_WARM_POOL)")
 	fs.StringVar(&c.VMCgroups, "vm-cgroups", env("EXECLAW_VM_CGROUPS", cgroupsAuto), "a cgroup per VMM with memory, pids, CPU and IO limits: auto (when the host allows), on (required), off (EXECLAW_VM_CGROUPS)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -195,6 +210,9 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if err := checkResourceFlags(c); err != nil {
+		return c, err
+	}
+	if c.WarmPool, err = parseWarmPool(*warmPool, c.MaxSessions); err != nil {
 		return c, err
 	}
 	switch {
@@ -216,6 +234,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, errors.New("--max-paused-sessions must not be negative")
 	case c.MaxEventLogMiB < 1 || c.MaxEventLogMiB > 1<<20:
 		return c, errors.New("--max-event-log-mib must be between 1 and 1048576")
+	case c.MaxUploadMiB < 1 || c.MaxUploadMiB > 16<<10:
+		return c, errors.New("--max-upload-mib must be between 1 and 16384")
 	case c.LLMRetries < 0 || c.LLMRetries > 10:
 		return c, errors.New("--llm-retries must be between 0 and 10")
 	case c.ExeDev != "auto" && c.ExeDev != "true" && c.ExeDev != "false":
@@ -246,6 +266,9 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 	}
 	if err := api.CheckListen(c.Auth, c.Listen); err != nil {
+		return c, err
+	}
+	if err := c.Preview.check(c.Listen, c.Auth); err != nil {
 		return c, err
 	}
 	return c, checkHardening(c)
@@ -485,12 +508,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if cfg.Auth == api.AuthExeDev && !driver.Isolated() {
 		return fmt.Errorf("--auth exedev serves every exe.dev user who can reach the proxy, and the %s sandbox is not an isolation boundary (agents would run as this server's user, next to each other's files): use --sandbox qemu or firecracker (see execlaw doctor), or --auth token for a single user", driver.Name())
 	}
+	poolNetwork := "full"
 	if driver.Isolated() {
 		// Set up VM networking now, and clear what a crashed run left.
 		if err := hostNet.Init(ctx); err != nil {
 			log.Warn("VM networking unavailable: sessions need network none", "err", err)
+			poolNetwork = "none"
 		}
 	}
+	warmPool := warmPoolSize(cfg, driver)
+	log.Info("warm pool", "vms", warmPool, "network", poolNetwork)
 
 	st, err := store.Open(ctx, filepath.Join(dataDir, "execlaw.db"))
 	if err != nil {
@@ -541,6 +568,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	llmClient := llm.HTTPClient(policy)
 	log.Info("outbound policy for model endpoints", "model-hosts", policy.String())
 
+	var repoCA []byte
+	if cfg.RepoCAFile != "" {
+		if repoCA, err = os.ReadFile(cfg.RepoCAFile); err != nil {
+			return fmt.Errorf("--repo-ca-file: %w", err)
+		}
+		if !bytes.Contains(repoCA, []byte("-----BEGIN CERTIFICATE-----")) {
+			return fmt.Errorf("--repo-ca-file: %s holds no PEM certificate", cfg.RepoCAFile)
+		}
+	}
 	met := metrics.New()
 	mgr := session.NewManager(session.Config{
 		Agents:  agents,
@@ -550,6 +586,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		EventLogQuota: int64(cfg.MaxEventLogMiB) << 20,
 		PauseAfter:    time.Duration(cfg.PauseAfterMin) * time.Minute, MaxPaused: cfg.MaxPaused, Keys: keys,
 		DiskMiB: int(cfg.DiskSize >> 20), MinFreeDisk: cfg.MinFreeDisk,
+		RepoCA: repoCA, WarmPool: warmPool, PoolNetwork: poolNetwork,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sessions: %w", err)
@@ -557,6 +594,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	met.SetStateSource(mgr.StateCounts)
 	mgr.Start()
 
+	previewKey, err := loadPreviewKey(dataDir)
+	if err != nil {
+		mgr.Close(context.Background())
+		return err
+	}
+	previewLns, err := listenPreviews(cfg.Preview, cfg.Listen, isExeDev, log)
+	if err != nil {
+		mgr.Close(context.Background())
+		return err
+	}
+	defer previewLns.close()
 	srv := api.NewServer(api.Options{
 		Logger: log, Auth: api.Auth{Mode: cfg.Auth, Token: cfg.Token, TrustedProxies: proxies}, Sessions: mgr, Store: st,
 		Models: &llm.Lister{Client: llmClient},
@@ -569,6 +617,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Email:   api.EmailOptions{Sender: sender, Allow: allow},
 		ExeDev:  api.ExeDevOptions{Enabled: isExeDev || cfg.ExeDevAPI != "", APIURL: cfg.ExeDevAPI},
 		Metrics: met, MetricsElsewhere: cfg.MetricsListen != "", AllowedHosts: hosts,
+		Preview: previewOptions(cfg.Preview, previewLns, previewKey),
+		Files:   api.FilesOptions{MaxUploadBytes: int64(cfg.MaxUploadMiB) << 20},
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -600,7 +650,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	httpServer := &http.Server{
 		Handler:   srv,
 		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		TLSConfig: tlsConfig,
+		// Each server gets its own copy: serving one adds its protocols
+		// (h2) to its config, while the preview servers copy theirs.
+		TLSConfig: tlsConfig.Clone(),
 	}
 	api.Timeouts{}.Configure(httpServer)
 	serveErr := make(chan error, 1)
@@ -612,6 +664,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		go func() { serveErr <- httpServer.Serve(ln) }()
 	}
 
+	previewLns.serve(srv, tlsConfig, log, stdout)
 	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "ExeClaw %s is listening on %s (sandbox: %s)\n", version.Version, url, driver.Name())
 	if cfg.Auth == api.AuthToken && tlsConfig == nil && !isExeDev && !api.IsLoopbackListen(cfg.Listen) {
@@ -640,6 +693,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if metricsServer != nil {
 		_ = metricsServer.Shutdown(shutdownCtx)
 	}
+	previewLns.shutdown(shutdownCtx)
 	mgr.Close(shutdownCtx)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

@@ -64,6 +64,15 @@ func FuzzAPI(f *testing.F) {
 		{0, "/%2e%2e/%00", "", "Host", "attacker.example"},
 		{4, "/api/sessions/" + id + "/input", strings.Repeat("{", 5000), "Content-Type", "application/json"},
 		{1, "/api/sessions", `{"provider":"openai-compatible","model":"m","baseUrl":"http://169.254.169.254/latest?x=1#y"}`, "Content-Type", "application/json"},
+		// The workspace routes (files.go).
+		{0, "/api/sessions/" + id + "/files?path=..%2F..%2Fetc", "", "", ""},
+		{0, "/api/sessions/" + id + "/files/content?path=%00%1b%5b31m", "", "Sec-Fetch-Site", "cross-site"},
+		{4, "/api/sessions/" + id + "/files/content?path=a%2Fb.txt", "bytes", "Content-Type", "application/octet-stream"},
+		{4, "/api/sessions/" + id + "/files/content?path=%2Fetc%2Fpasswd", "pwned", "Content-Length", "99999999999"},
+		{0, "/api/sessions/" + id + "/workspace.tar.gz", "", "", ""},
+		{0, "/api/sessions/" + id + "/changes", "", "", ""},
+		{4, "/api/sessions/" + id + "/archive", "PK\x03\x04garbage", "Content-Type", "application/zip"},
+		{1, "/api/sessions", `{"provider":"anthropic","apiKey":"k","repo":{"url":"https://127.0.0.1/x.git","ref":"--evil","token":"t"},"archiveUpload":true}`, "Content-Type", "application/json"},
 	} {
 		f.Add(seed.method, seed.path, []byte(seed.body), seed.hname, seed.hval)
 	}

@@ -79,20 +79,20 @@ func TestMetrics(t *testing.T) {
 
 	m := getMetrics(t, h)
 	checks := map[string]float64{
-		`execlaw_sessions{state="active"}`:                           1,
-		`execlaw_sessions{state="busy"}`:                             0,
-		`execlaw_sessions{state="stopped"}`:                          0,
-		`execlaw_sandbox_boots_total{result="ok",sandbox="process"}`: 1,
-		`execlaw_sandbox_boot_seconds_count{sandbox="process"}`:      1,
-		`execlaw_turns_total`:                                        1,
-		`execlaw_tokens_total{direction="input"}`:                    150,
-		`execlaw_tokens_total{direction="output"}`:                   15,
-		`execlaw_tool_calls_total{error="false",tool="bash"}`:        1,
-		`execlaw_tool_calls_total{error="true",tool="bash"}`:         1,
-		`execlaw_tool_calls_total{error="true",tool="read_file"}`:    1,
-		`execlaw_sse_clients`:                                        1,
-		`execlaw_errors_total{kind="provider"}`:                      0,
-		`execlaw_errors_total{kind="sandbox_boot"}`:                  0,
+		`execlaw_sessions{state="active"}`:                                     1,
+		`execlaw_sessions{state="busy"}`:                                       0,
+		`execlaw_sessions{state="stopped"}`:                                    0,
+		`execlaw_sandbox_boots_total{result="ok",sandbox="process"}`:           1,
+		`execlaw_sandbox_boot_seconds_count{pooled="false",sandbox="process"}`: 1,
+		`execlaw_turns_total`:                                                  1,
+		`execlaw_tokens_total{direction="input"}`:                              150,
+		`execlaw_tokens_total{direction="output"}`:                             15,
+		`execlaw_tool_calls_total{error="false",tool="bash"}`:                  1,
+		`execlaw_tool_calls_total{error="true",tool="bash"}`:                   1,
+		`execlaw_tool_calls_total{error="true",tool="read_file"}`:              1,
+		`execlaw_sse_clients`:                                                  1,
+		`execlaw_errors_total{kind="provider"}`:                                0,
+		`execlaw_errors_total{kind="sandbox_boot"}`:                            0,
 	}
 	for k, want := range checks {
 		if got := m.get(t, k); got != want {

@@ -33,6 +33,15 @@ func (s *Server) routes() http.Handler {
 	r.handle("POST", "/api/sessions/{id}/resume", user(s.handle(s.handleResume)))
 	r.handle("POST", "/api/sessions/{id}/email", user(s.handle(s.handleEmail)))
 	r.handle("GET", "/api/sessions/{id}/transcript", user(s.handle(s.handleTranscript)))
+	r.handle("GET", "/api/sessions/{id}/terminal", user(s.handle(s.handleTerminal)))
+	r.handle("GET", "/api/sessions/{id}/ports", user(s.handle(s.handlePorts)))
+	// The workspace in the user's hands (files.go).
+	r.handle("GET", "/api/sessions/{id}/files", user(s.handle(s.handleFiles)))
+	r.handle("GET", "/api/sessions/{id}/files/content", user(s.handle(s.handleFileDownload)))
+	r.handle("PUT", "/api/sessions/{id}/files/content", user(s.handle(s.handleFileUpload)))
+	r.handle("GET", "/api/sessions/{id}/workspace.tar.gz", user(s.handle(s.handleWorkspaceTar)))
+	r.handle("GET", "/api/sessions/{id}/changes", user(s.handle(s.handleChanges)))
+	r.handle("PUT", "/api/sessions/{id}/archive", user(s.handle(s.handleArchiveUpload)))
 	r.handle("DELETE", "/api/sessions/{id}", user(s.handle(s.handleDeleteSession)))
 	r.handle("PATCH", "/api/sessions/{id}", user(s.handle(s.handleRenameSession)))
 	r.handle("POST", "/api/exedev/new", user(s.handle(s.handleExeDevNew)))
@@ -55,7 +64,7 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusForbidden, map[string]string{
 			"error": "cross-origin request refused: state-changing requests must come from this server's own pages (Sec-Fetch-Site / Origin)"})
 	}))
-	return s.accessLog(securityHeaders(s.hostCheck(protect.Handler(mux))))
+	return s.withPreviewDomain(s.accessLog(securityHeaders(s.hostCheck(protect.Handler(mux)))))
 }
 
 // loginAssets serves what the login page loads to anyone, and everything else

@@ -72,6 +72,13 @@ type Server struct {
 	stopStreams context.CancelFunc
 	heartbeat   time.Duration
 
+	// Terminals (terminal.go) and live previews (preview.go; nil: off).
+	terminals    terminalCount
+	terminalOpts TerminalOptions
+	preview      *previews
+	// files bounds the workspace routes (files.go).
+	files *filesState
+
 	handler http.Handler
 }
 
@@ -101,6 +108,12 @@ type Options struct {
 	// only. With auth none a policy naming anything else is replaced by
 	// that.
 	AllowedHosts *HostPolicy
+	// Terminal bounds the sessions' terminals; Preview configures live
+	// previews (off without a secret and a place to serve them).
+	Terminal TerminalOptions
+	Preview  PreviewOptions
+	// Files bounds the workspace routes: uploads, transfers per user.
+	Files FilesOptions
 }
 
 // EmailOptions configure mailing transcripts.
@@ -133,8 +146,10 @@ func NewServer(o Options) *Server {
 		platform: o.Platform, assets: o.Assets, streams: ctx, stopStreams: cancel, heartbeat: o.Heartbeat,
 		email: o.Email, exedev: o.ExeDev, metrics: o.Metrics, metricsRoute: o.Metrics != nil && !o.MetricsElsewhere,
 		hosts: o.AllowedHosts, limiter: newFailureLimiter[netip.Addr](loginBurst, loginRefill, maxLimitedClients),
-		lifecycle: newFailureLimiter[string](lifecycleBurst, lifecycleRefill, maxLimitedClients),
-		tokenFP:   tokenFingerprint(o.Auth.Token),
+		lifecycle:    newFailureLimiter[string](lifecycleBurst, lifecycleRefill, maxLimitedClients),
+		tokenFP:      tokenFingerprint(o.Auth.Token),
+		terminalOpts: o.Terminal.withDefaults(), preview: newPreviews(o.Preview),
+		files: newFilesState(o.Files),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/execlaw/execlaw/internal/hostinfo"
 	"github.com/execlaw/execlaw/internal/llm"
+	"github.com/execlaw/execlaw/internal/session"
 )
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
@@ -33,6 +34,8 @@ type systemInfo struct {
 	Load15       float64 `json:"load15"`
 	Sessions     int     `json:"sessions"`
 	MaxSessions  int     `json:"maxSessions"`
+	// Pool is the warm pool of booted, idle VMs new sessions take.
+	Pool session.PoolStats `json:"pool"`
 }
 
 func (s *Server) handleSystem(w http.ResponseWriter, r *http.Request) error {
@@ -48,7 +51,7 @@ func (s *Server) handleSystem(w http.ResponseWriter, r *http.Request) error {
 		TotalMiB: mem.TotalMiB, UsedMiB: mem.UsedMiB(), AvailableMiB: mem.AvailableMiB, CacheMiB: mem.CachedMiB,
 		PercentUsed: float64(int(mem.PercentUsed()*10)) / 10,
 		Load1:       load.Load1, Load5: load.Load5, Load15: load.Load15,
-		Sessions: s.sessions.Running(), MaxSessions: s.sessions.MaxSessions(),
+		Sessions: s.sessions.Running(), MaxSessions: s.sessions.MaxSessions(), Pool: s.sessions.Pool(),
 	})
 	return nil
 }
@@ -67,6 +70,8 @@ func (s *Server) handlePlatform(w http.ResponseWriter, r *http.Request) error {
 		"agentKinds":    agents.Kinds(),
 		"providers":     llm.Providers,
 		"features":      map[string]bool{"email": s.email.Sender != nil, "exedevNew": s.exedev.Enabled},
+		// The largest file or archive an upload may be (files.go).
+		"maxUploadBytes": s.files.opts.MaxUploadBytes,
 	})
 	return nil
 }

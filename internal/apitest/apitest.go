@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/api"
+	"github.com/execlaw/execlaw/internal/egress"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/metrics"
@@ -89,6 +91,21 @@ type Options struct {
 	// MaxSessionsPerUser and MemoryOvercommit are the session manager's.
 	MaxSessionsPerUser int
 	MemoryOvercommit   float64
+	// WarmPool keeps that many VMs booted for new sessions of the default
+	// size, on PoolNetwork (default full).
+	WarmPool    int
+	PoolNetwork string
+	// Terminal and Preview are the server's; PreviewPorts starts that many
+	// --preview-listen listeners on loopback (Harness.PreviewTS), and a
+	// preview secret is made when none is given.
+	Terminal     api.TerminalOptions
+	Preview      api.PreviewOptions
+	PreviewPorts int
+	// Files bounds the workspace routes; RepoPolicy and RepoCA are where
+	// repositories may be cloned from and what their clones trust.
+	Files      api.FilesOptions
+	RepoPolicy *egress.Policy
+	RepoCA     []byte
 }
 
 // Harness is one running server.
@@ -102,6 +119,8 @@ type Harness struct {
 	Srv     *api.Server
 	TS      *httptest.Server
 	Metrics *metrics.Metrics
+	// PreviewTS are the preview listeners (Options.PreviewPorts).
+	PreviewTS []*httptest.Server
 }
 
 // New starts a server and stops it when the test ends.
@@ -163,6 +182,7 @@ func (h *Harness) Start() {
 		Observer: met, HookTimeout: h.Opts.HookTimeout, EventLogQuota: h.Opts.EventLogQuota,
 		MinFreeDisk: h.Opts.MinFreeDisk, DiskCheckInterval: h.Opts.DiskCheckInterval,
 		EndOnClose: !h.Opts.PauseOnStop, PauseAfter: h.Opts.PauseAfter, MaxPaused: h.Opts.MaxPaused, Keys: h.Opts.Keys,
+		RepoPolicy: h.Opts.RepoPolicy, RepoCA: h.Opts.RepoCA, WarmPool: h.Opts.WarmPool, PoolNetwork: h.Opts.PoolNetwork,
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -174,12 +194,33 @@ func (h *Harness) Start() {
 	if platform.Sandbox == "" {
 		platform = api.Platform{Sandbox: driver.Name(), Isolated: driver.Isolated(), SandboxReason: "test", Version: "test"}
 	}
+	preview := h.Opts.Preview
+	var previewLns []net.Listener
+	for range h.Opts.PreviewPorts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		previewLns = append(previewLns, ln)
+		preview.Ports = append(preview.Ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	if (len(preview.Ports) > 0 || preview.Domain != "") && preview.Secret == nil {
+		preview.Secret = bytes.Repeat([]byte("k"), 32)
+	}
 	h.Srv = api.NewServer(api.Options{
 		Logger: log, Auth: h.Opts.Auth, Sessions: mgr, Store: st, Models: &llm.Lister{Client: h.Opts.LLMClient},
 		Platform: platform, Assets: web.Assets, Heartbeat: h.Opts.Heartbeat,
 		Email: h.Opts.Email, ExeDev: h.Opts.ExeDev, Metrics: met, MetricsElsewhere: h.Opts.MetricsElsewhere,
-		AllowedHosts: h.Opts.AllowedHosts,
+		AllowedHosts: h.Opts.AllowedHosts, Terminal: h.Opts.Terminal, Preview: preview, Files: h.Opts.Files,
 	})
+	h.PreviewTS = nil
+	for i, ln := range previewLns {
+		ts := httptest.NewUnstartedServer(h.Srv.PreviewHandler(preview.Ports[i]))
+		ts.Listener.Close()
+		ts.Listener = ln
+		ts.Start()
+		h.PreviewTS = append(h.PreviewTS, ts)
+	}
 	h.TS = httptest.NewUnstartedServer(h.Srv)
 	h.Opts.Timeouts.Configure(h.TS.Config)
 	if h.Opts.TLS {
@@ -205,6 +246,9 @@ func (h *Harness) Stop() {
 	}
 	h.Srv.CloseStreams()
 	h.TS.Close()
+	for _, ts := range h.PreviewTS {
+		ts.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	h.Mgr.Close(ctx)

@@ -121,7 +121,15 @@ func (s *Server) readInput(conn net.Conn, p *proc, in *stdinWriter) error {
 		case FrameStdin:
 			in.push(f.Data)
 		case FrameStdinClose:
+			if p.tty != nil {
+				in.push([]byte{4}) // a terminal has no end of input: Ctrl+D at the start of a line is one
+				continue
+			}
 			in.close()
+		case FrameResize:
+			if err := p.resize(WindowSize{Cols: f.Cols, Rows: f.Rows}); err != nil {
+				return err
+			}
 		case FrameSignal:
 			sig, ok := attachSignals[f.Signal]
 			if !ok {

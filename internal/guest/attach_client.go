@@ -32,6 +32,9 @@ func (c *Client) Attach(ctx context.Context, req ExecRequest) (*Attached, error)
 	if err := checkExec(req); err != nil {
 		return nil, err
 	}
+	if req.TTY != nil && !req.TTY.Valid() {
+		return nil, invalidSize(*req.TTY)
+	}
 	conn, err := c.upgrade(ctx, PathAttach, UpgradeAttach, req, DefaultCallTimeout)
 	if errors.Is(err, errNoContent) {
 		err = fmt.Errorf("guest %s: %w", PathAttach, err)
@@ -71,6 +74,16 @@ func (a *Attached) Signal(sig string) error {
 		return fmt.Errorf("guest attach: unknown signal %q (want INT, TERM or KILL)", sig)
 	}
 	return a.send(InputFrame{Type: FrameSignal, Signal: sig})
+}
+
+// Resize changes the size of the command's terminal (an attach with TTY
+// set); the guest ends a session that sends it without one, or out of
+// bounds (WindowSize.Valid).
+func (a *Attached) Resize(size WindowSize) error {
+	if !size.Valid() {
+		return invalidSize(size)
+	}
+	return a.send(InputFrame{Type: FrameResize, Cols: size.Cols, Rows: size.Rows})
 }
 
 func (a *Attached) send(f InputFrame) error {

@@ -216,7 +216,7 @@ func TestAttachProtocolViolationEndsSession(t *testing.T) {
 	g := startGuest(t, ServerConfig{})
 	for name, junk := range map[string]string{
 		"not json":       "not json\n",
-		"unknown type":   `{"type":"resize"}` + "\n",
+		"unknown type":   `{"type":"launch"}` + "\n",
 		"unknown signal": `{"type":"signal","signal":"STOP"}` + "\n",
 		"oversized":      strings.Repeat("x", MaxFrameBytes+1),
 	} {

@@ -57,6 +57,7 @@ type proc struct {
 	start      time.Time
 	outR, errR *os.File
 	inW        *os.File      // the command's stdin, when spawned with one (attach)
+	tty        *os.File      // the pseudo-terminal's master (outR), when it runs on one (pty.go); errR is nil then
 	exited     chan struct{} // closed once cmd.Wait has returned
 	waitErr    error         // cmd.Wait's error, valid once exited is closed
 }
@@ -75,7 +76,15 @@ func (s *Server) startRequested(w http.ResponseWriter, r *http.Request, stdin bo
 		writeError(w, err)
 		return req, nil, false
 	}
-	p, err := s.spawn(cmd, stdin)
+	var p *proc
+	switch {
+	case req.TTY != nil && !stdin:
+		err = &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: "a terminal (tty) needs an attached exec"}
+	case req.TTY != nil:
+		p, err = s.spawnPTY(cmd, *req.TTY)
+	default:
+		p, err = s.spawn(cmd, stdin)
+	}
 	if err != nil {
 		writeError(w, err)
 		return req, nil, false
@@ -145,7 +154,9 @@ func (p *proc) abandon() {
 	killGroup(p.pgid)
 	<-p.exited
 	p.outR.Close()
-	p.errR.Close()
+	if p.errR != nil {
+		p.errR.Close()
+	}
 	if p.inW != nil {
 		p.inW.Close()
 	}
@@ -161,9 +172,12 @@ func (p *proc) stream(ctx context.Context, timeoutSec int, send func(ExecFrame) 
 
 	frames := make(chan ExecFrame, 8)
 	var readers sync.WaitGroup
-	readers.Add(2)
+	readers.Add(1)
 	go pump(p.outR, FrameStdout, frames, &readers)
-	go pump(p.errR, FrameStderr, frames, &readers)
+	if p.errR != nil { // nil on a terminal, where stderr is the terminal too
+		readers.Add(1)
+		go pump(p.errR, FrameStderr, frames, &readers)
+	}
 	readersDone := make(chan struct{})
 	go func() {
 		readers.Wait()
@@ -197,7 +211,9 @@ func (p *proc) stream(ctx context.Context, timeoutSec int, send func(ExecFrame) 
 		case <-time.After(drainDelay):
 			now := time.Now()
 			_ = p.outR.SetReadDeadline(now)
-			_ = p.errR.SetReadDeadline(now)
+			if p.errR != nil {
+				_ = p.errR.SetReadDeadline(now)
+			}
 		}
 	}()
 
@@ -216,7 +232,9 @@ func (p *proc) stream(ctx context.Context, timeoutSec int, send func(ExecFrame) 
 	}
 	<-p.exited
 	p.outR.Close()
-	p.errR.Close()
+	if p.errR != nil {
+		p.errR.Close()
+	}
 
 	if failure != nil {
 		if msg := failure(); msg != "" {

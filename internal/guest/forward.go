@@ -34,8 +34,12 @@ func (s *Server) handleForward(w http.ResponseWriter, r *http.Request) {
 	d := net.Dialer{Timeout: forwardDialTimeout}
 	local, err := d.DialContext(r.Context(), "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(req.Port)))
 	if err != nil {
+		// Servers that listen on "localhost" may have taken ::1 alone.
+		local, err = d.DialContext(r.Context(), "tcp6", net.JoinHostPort("::1", strconv.Itoa(req.Port)))
+	}
+	if err != nil {
 		writeError(w, &Error{Status: http.StatusBadGateway, Code: CodeNotFound,
-			Message: fmt.Sprintf("nothing answers on 127.0.0.1:%d in the guest", req.Port)})
+			Message: fmt.Sprintf("nothing answers on 127.0.0.1:%d or [::1]:%d in the guest", req.Port, req.Port)})
 		return
 	}
 	host, err := switchProtocols(w, UpgradeForward)

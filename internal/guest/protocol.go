@@ -85,6 +85,10 @@ type ExecRequest struct {
 	Env        []string `json:"env,omitempty"` // KEY=VALUE, added to the guest's base environment
 	Stdin      []byte   `json:"stdin,omitempty"`
 	TimeoutSec int      `json:"timeoutSec,omitempty"` // 0: no timeout beyond the caller's context
+	// TTY, on an attached exec only, runs the command on a pseudo-terminal
+	// of this size (see pty.go): its output is one stdout stream, and
+	// resize frames change the size.
+	TTY *WindowSize `json:"tty,omitempty"`
 }
 
 // Frame types streamed by POST /v1/exec, one JSON object per line.
@@ -113,6 +117,7 @@ const (
 	FrameStdin      = "stdin"       // Data is written to the command's stdin
 	FrameStdinClose = "stdin_close" // the command's stdin is closed (after pending data)
 	FrameSignal     = "signal"      // Signal is sent to the command's whole process group
+	FrameResize     = "resize"      // Cols and Rows are the terminal's new size (TTY only)
 )
 
 // Signals an attached exec accepts in a signal frame.
@@ -127,6 +132,8 @@ type InputFrame struct {
 	Type   string `json:"type"`
 	Data   []byte `json:"data,omitempty"`
 	Signal string `json:"signal,omitempty"`
+	Cols   int    `json:"cols,omitempty"` // resize
+	Rows   int    `json:"rows,omitempty"` // resize
 }
 
 // ExecResult is how a command ended.

@@ -109,8 +109,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathStat, s.handleStat)
 	mux.HandleFunc("POST "+PathList, s.handleList)
 	mux.HandleFunc("POST "+PathForward, s.handleForward)
+	mux.HandleFunc("GET "+PathPorts, s.handlePorts)
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
 	mux.HandleFunc("POST "+PathInit, s.handleInit)
+	s.registerWorkspace(mux) // workspace.go: files, tarballs and archives, confined to the workspace
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeInvalid, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

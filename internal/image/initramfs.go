@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"debug/elf"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -16,10 +17,14 @@ const (
 	ModuleLoadOrder = "/lib/modules/load-order"
 )
 
-// BuildInitramfs makes the gzip-compressed initramfs: the static guest binary
-// as /init, and the kernel modules it loads, in dependency order (listed in
-// ModuleLoadOrder). It returns the archive and the module names.
-func BuildInitramfs(guestBinary, modulesDir string) ([]byte, []string, error) {
+// BuildInitramfs makes the initramfs: the static guest binary as /init, and
+// the kernel modules it loads, in dependency order (listed in
+// ModuleLoadOrder). It returns the archive and the module names. Without
+// modules (a kernel with everything built in) there is no ModuleLoadOrder,
+// which tells the guest init there is nothing to load. With compress the
+// archive is gzip-compressed; without, the kernel need not inflate it at
+// boot, which under TCG takes longer than reading the larger file.
+func BuildInitramfs(guestBinary, modulesDir string, compress bool) ([]byte, []string, error) {
 	guest, err := os.ReadFile(guestBinary)
 	if err != nil {
 		return nil, nil, err
@@ -38,8 +43,13 @@ func BuildInitramfs(guestBinary, modulesDir string) ([]byte, []string, error) {
 	}
 
 	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	c := newCPIO(gz)
+	var w io.Writer = &buf
+	var gz *gzip.Writer
+	if compress {
+		gz, _ = gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		w = gz
+	}
+	c := newCPIO(w)
 	c.addFile(InitPath, 0o755, guest)
 	var order, names []string
 	for _, m := range mods {
@@ -52,15 +62,19 @@ func BuildInitramfs(guestBinary, modulesDir string) ([]byte, []string, error) {
 		order = append(order, p)
 		names = append(names, m.name)
 	}
-	c.addFile(ModuleLoadOrder, 0o644, []byte(strings.Join(order, "\n")+"\n"))
+	if len(order) > 0 {
+		c.addFile(ModuleLoadOrder, 0o644, []byte(strings.Join(order, "\n")+"\n"))
+	}
 	for _, d := range []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/newroot"} {
 		c.addDir(d)
 	}
 	if err := c.close(); err != nil {
 		return nil, nil, err
 	}
-	if err := gz.Close(); err != nil {
-		return nil, nil, err
+	if gz != nil {
+		if err := gz.Close(); err != nil {
+			return nil, nil, err
+		}
 	}
 	return buf.Bytes(), names, nil
 }

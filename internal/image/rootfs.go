@@ -31,6 +31,8 @@ type Profile struct {
 var Profiles = map[string]Profile{
 	"minimal": {Name: "minimal", Description: "the distribution's minimal base (bash, coreutils): small and quick, for tests",
 		Packages: []string{"ca-certificates"}},
+	"minimal-git": {Name: "minimal-git", Description: "minimal plus git: for tests of sessions that start from a repository",
+		Packages: []string{"ca-certificates", "git"}},
 	"dev": {Name: "dev", Description: "a development box: git, curl, python3, build-essential",
 		Packages: []string{"ca-certificates", "curl", "git", "python3", "build-essential", "procps", "less",
 			"iproute2", "iputils-ping", "openssh-client", "unzip", "xz-utils", "file", "nano"}},

@@ -71,11 +71,16 @@ type Manifest struct {
 	Arch           string    `json:"arch"`
 	BuiltAt        time.Time `json:"builtAt"`
 	ExecLawVersion string    `json:"execlawVersion"`
-	Kernel         Component `json:"kernel"`
-	KernelPackage  Component `json:"kernelPackage,omitzero"` // the .deb the kernel and modules came from
-	Vmlinux        Component `json:"vmlinux"`
-	Initramfs      Component `json:"initramfs"`
-	Rootfs         Component `json:"rootfs"`
+	// KernelSource is where the kernel came from: "built" (compiled from
+	// Debian's kernel source with guest.config, no modules), "debian"
+	// (linux-image-amd64), "file" (--kernel) or "deb" (--kernel-deb).
+	KernelSource  string    `json:"kernelSource,omitempty"`
+	Kernel        Component `json:"kernel"`
+	KernelPackage Component `json:"kernelPackage,omitzero"` // the .deb the kernel and modules came from
+	KernelConfig  Component `json:"kernelConfig,omitzero"`  // the .config a built kernel was built with
+	Vmlinux       Component `json:"vmlinux"`
+	Initramfs     Component `json:"initramfs"`
+	Rootfs        Component `json:"rootfs"`
 	// Agents are the agent CLIs installed in the root filesystem, "name=version".
 	Agents []string `json:"agents,omitempty"`
 }
@@ -95,6 +100,9 @@ func (m Manifest) Components() map[string]Component {
 	c := map[string]Component{"kernel": m.Kernel, "vmlinux": m.Vmlinux, "initramfs": m.Initramfs, "rootfs": m.Rootfs}
 	if m.KernelPackage.SHA256 != "" {
 		c["kernelPackage"] = m.KernelPackage
+	}
+	if m.KernelConfig.SHA256 != "" {
+		c["kernelConfig"] = m.KernelConfig
 	}
 	return c
 }

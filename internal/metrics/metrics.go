@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"strconv"
 	"sync"
 	"time"
 
@@ -40,9 +41,12 @@ type Metrics struct {
 	sseClients  prometheus.Gauge
 	errors      *prometheus.CounterVec
 	transcripts *prometheus.CounterVec
+	pool        *prometheus.GaugeVec
+	poolClaims  *prometheus.CounterVec
 
 	mu        sync.Mutex
 	toolNames map[string]bool
+	poolSeen  [2]int64 // hits and misses counted so far
 	states    StateSource
 }
 
@@ -61,7 +65,15 @@ func New() *Metrics {
 			Name:    "execlaw_sandbox_boot_seconds",
 			Help:    "Time from starting a sandbox to its guest answering, for boots that succeeded.",
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
-		}, []string{"sandbox"}),
+		}, []string{"sandbox", "pooled"}),
+		pool: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "execlaw_pool_vms",
+			Help: "The warm pool's VMs: its target size, those ready, those booting.",
+		}, []string{"state"}),
+		poolClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execlaw_pool_sessions_total",
+			Help: "New sessions since the server started that took a pooled VM (hit) or booted their own while the pool was on (miss).",
+		}, []string{"result"}),
 		turns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "execlaw_turns_total",
 			Help: "Agent turns that ended, for any reason.",
@@ -99,7 +111,7 @@ func New() *Metrics {
 		m.tokens.WithLabelValues(dir)
 	}
 	m.reg.MustRegister(m.boots, m.bootSeconds, m.turns, m.tokens, m.cost, m.toolCalls, m.sseClients,
-		m.errors, m.transcripts, stateCollector{m},
+		m.errors, m.transcripts, m.pool, m.poolClaims, stateCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -175,7 +187,7 @@ func (m *Metrics) toolLabel(name string) string {
 
 // SandboxStarted counts a boot and, when it worked, its time. It implements
 // session.Observer.
-func (m *Metrics) SandboxStarted(driver string, took time.Duration, err error) {
+func (m *Metrics) SandboxStarted(driver string, pooled bool, took time.Duration, err error) {
 	if m == nil {
 		return
 	}
@@ -185,7 +197,26 @@ func (m *Metrics) SandboxStarted(driver string, took time.Duration, err error) {
 		return
 	}
 	m.boots.WithLabelValues(driver, "ok").Inc()
-	m.bootSeconds.WithLabelValues(driver).Observe(took.Seconds())
+	m.bootSeconds.WithLabelValues(driver, strconv.FormatBool(pooled)).Observe(took.Seconds())
+}
+
+// PoolChanged shows the warm pool. It implements session.Observer.
+func (m *Metrics) PoolChanged(size, ready, booting int, hits, misses int64) {
+	if m == nil {
+		return
+	}
+	m.pool.WithLabelValues("size").Set(float64(size))
+	m.pool.WithLabelValues("ready").Set(float64(ready))
+	m.pool.WithLabelValues("booting").Set(float64(booting))
+	// The pool reports totals; the counters take what is new since.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, v := range [2]int64{hits, misses} {
+		if d := v - m.poolSeen[i]; d > 0 {
+			m.poolClaims.WithLabelValues([2]string{"hit", "miss"}[i]).Add(float64(d))
+			m.poolSeen[i] = v
+		}
+	}
 }
 
 // SandboxExited counts a sandbox that died under a running session. It

@@ -89,8 +89,11 @@ func TestToolLabelsAreBounded(t *testing.T) {
 
 func TestObserver(t *testing.T) {
 	m := New()
-	m.SandboxStarted("qemu", 1500*time.Millisecond, nil)
-	m.SandboxStarted("qemu", time.Second, errors.New("no kvm"))
+	m.SandboxStarted("qemu", false, 1500*time.Millisecond, nil)
+	m.SandboxStarted("qemu", true, 80*time.Millisecond, nil)
+	m.SandboxStarted("qemu", false, time.Second, errors.New("no kvm"))
+	m.PoolChanged(1, 1, 0, 1, 2) // totals so far: the counters add what is new
+	m.PoolChanged(1, 0, 1, 3, 2)
 	m.SandboxExited("qemu")
 	m.Event(event.Usage, raw(t, event.UsageData{InputTokens: 10, OutputTokens: 3, CostUSD: 0.25}))
 	m.Event(event.Usage, raw(t, event.UsageData{InputTokens: 5, OutputTokens: 1, CostUSD: 0.25}))
@@ -112,9 +115,14 @@ func TestObserver(t *testing.T) {
 		labels []string
 		want   float64
 	}{
-		{"execlaw_sandbox_boots_total", []string{"sandbox=qemu", "result=ok"}, 1},
+		{"execlaw_sandbox_boots_total", []string{"sandbox=qemu", "result=ok"}, 2},
 		{"execlaw_sandbox_boots_total", []string{"sandbox=qemu", "result=error"}, 1},
-		{"execlaw_sandbox_boot_seconds", []string{"sandbox=qemu"}, 1},
+		{"execlaw_sandbox_boot_seconds", []string{"sandbox=qemu", "pooled=false"}, 1},
+		{"execlaw_sandbox_boot_seconds", []string{"sandbox=qemu", "pooled=true"}, 1},
+		{"execlaw_pool_vms", []string{"state=size"}, 1},
+		{"execlaw_pool_vms", []string{"state=booting"}, 1},
+		{"execlaw_pool_sessions_total", []string{"result=hit"}, 3},
+		{"execlaw_pool_sessions_total", []string{"result=miss"}, 2},
 		{"execlaw_errors_total", []string{"kind=sandbox_boot"}, 1},
 		{"execlaw_errors_total", []string{"kind=sandbox_exit"}, 1},
 		{"execlaw_errors_total", []string{"kind=provider_retry"}, 1},
@@ -143,7 +151,8 @@ func TestObserver(t *testing.T) {
 	// A nil *Metrics is a no-op.
 	var none *Metrics
 	none.Event(event.AgentIdle, nil)
-	none.SandboxStarted("x", 0, nil)
+	none.SandboxStarted("x", false, 0, nil)
+	none.PoolChanged(1, 1, 1, 1, 1)
 	none.SandboxExited("x")
 	none.StreamOpened()
 	none.StreamClosed()

@@ -26,6 +26,9 @@ type Spec struct {
 	DiskMiB   int
 	// Network is "full" or "none".
 	Network string
+	// Movable says Dir may be renamed while the sandbox runs: a pooled
+	// sandbox, moved to its session's directory when it is claimed.
+	Movable bool
 	// Resume says Dir holds this session's sandbox from before (its
 	// writable disk, the process driver's workspace), kept across a pause
 	// or a restart: boot afresh on it rather than on an empty one.
@@ -72,4 +75,20 @@ type Sandbox interface {
 type MemoryReserver interface {
 	// ReservedMiB is what a sandbox started with spec may use at most.
 	ReservedMiB(spec Spec) int
+}
+
+// Claimable is a Sandbox started ahead of need (a warm pool's) that a
+// session can take: Claim rebinds it to spec's session and directory, into
+// which the caller has already renamed the sandbox's own (it was started
+// Movable), and tells the guest what is the session's own (its host name,
+// the time, fresh entropy). Its size and network are those it was started
+// with; the caller only claims a sandbox that fits.
+type Claimable interface {
+	Claim(ctx context.Context, spec Spec) error
+}
+
+// A Pooling driver's sandboxes are Claimable when started Movable: a warm
+// pool of them is worth keeping. Drivers without it get no pool.
+type Pooling interface {
+	Poolable() bool
 }

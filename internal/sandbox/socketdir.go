@@ -36,8 +36,20 @@ type SocketDir struct {
 // OpenSocketDir prepares dialing sockets in dir whose names are at most
 // longestName bytes long.
 func OpenSocketDir(dir string, longestName int) (*SocketDir, error) {
+	return openSocketDir(dir, longestName, false)
+}
+
+// OpenMovableSocketDir is OpenSocketDir for a directory that may be renamed
+// while its sockets are in use (a pooled sandbox's, moved to its session's
+// directory when claimed): dialing always goes through a descriptor held on
+// the directory, which follows it.
+func OpenMovableSocketDir(dir string, longestName int) (*SocketDir, error) {
+	return openSocketDir(dir, longestName, true)
+}
+
+func openSocketDir(dir string, longestName int, movable bool) (*SocketDir, error) {
 	s := &SocketDir{dir: dir, prefix: dir}
-	if len(dir)+1+longestName > maxSocketPath {
+	if movable || len(dir)+1+longestName > maxSocketPath {
 		// O_CLOEXEC (os.Open's default) keeps the descriptor out of children.
 		f, err := os.Open(dir)
 		if err != nil {
@@ -49,7 +61,7 @@ func OpenSocketDir(dir string, longestName int) (*SocketDir, error) {
 	return s, nil
 }
 
-// Dir is the directory.
+// Dir is the directory (where it was when opened).
 func (s *SocketDir) Dir() string { return s.dir }
 
 // Short reports whether absolute socket paths in the directory fit in a

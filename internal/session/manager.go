@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/execlaw/execlaw/internal/agent"
+	"github.com/execlaw/execlaw/internal/egress"
 	"github.com/execlaw/execlaw/internal/event"
-	"github.com/execlaw/execlaw/internal/hostinfo"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/store"
@@ -89,6 +89,16 @@ type Config struct {
 	Keys       KeyStore
 	// EndOnClose ends running sessions at Close instead of pausing them.
 	EndOnClose bool
+	// RepoPolicy is where a new session's repository may be cloned from,
+	// for a URL whose host is an IP address (nil: public addresses only);
+	// RepoCA is PEM certificates its clone trusts besides the system's.
+	RepoPolicy *egress.Policy
+	RepoCA     []byte
+	// WarmPool keeps this many VMs booted and idle for new sessions of the
+	// default size (0: none); PoolNetwork is their network ("full" when
+	// the server has VM networking, else "none").
+	WarmPool    int
+	PoolNetwork string
 	// DiskMiB is the size of each VM session's writable disk (0: the
 	// driver's default). It is sparse: this is what a guest may fill.
 	DiskMiB int
@@ -113,8 +123,12 @@ const DefaultEventLogQuota = 256 << 20
 type Observer interface {
 	// Event is every event stored in any session's log, as stored.
 	Event(typ string, data json.RawMessage)
-	// SandboxStarted is a sandbox boot that finished, well (err nil) or not.
-	SandboxStarted(driver string, took time.Duration, err error)
+	// SandboxStarted is a sandbox boot that finished, well (err nil) or not;
+	// pooled when the session took a VM from the warm pool.
+	SandboxStarted(driver string, pooled bool, took time.Duration, err error)
+	// PoolChanged is the warm pool after a VM joined or left it, or a
+	// session took one or booted its own.
+	PoolChanged(size, ready, booting int, hits, misses int64)
 	// SandboxExited is a running sandbox that went away on its own.
 	SandboxExited(driver string)
 }
@@ -143,7 +157,8 @@ type Manager struct {
 	log    *slog.Logger
 
 	mu       sync.Mutex
-	sessions map[string]*Session   // running: not yet stopped, failed or paused
+	sessions map[string]*Session // running: not yet stopped, failed or paused
+	pool     *warmPool
 	keys     map[string]llm.Secret // API keys of paused sessions, held in memory
 	closing  bool
 	idleHook IdleHook
@@ -182,11 +197,26 @@ func NewManager(cfg Config, st *store.Store, driver sandbox.Driver, log *slog.Lo
 	if cfg.EventLogQuota == 0 {
 		cfg.EventLogQuota = DefaultEventLogQuota
 	}
-	return &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}, keys: map[string]llm.Secret{}}
+	m := &Manager{cfg: cfg, store: st, driver: driver, log: log, sessions: map[string]*Session{}, keys: map[string]llm.Secret{}}
+	if p, ok := driver.(sandbox.Pooling); cfg.WarmPool > 0 && (!ok || !p.Poolable()) {
+		log.Warn("no warm pool: this sandbox driver's VMs cannot be claimed", "driver", driver.Name())
+		cfg.WarmPool = 0
+	}
+	if cfg.WarmPool > 0 {
+		network := cfg.PoolNetwork
+		if network == "" {
+			network = "full"
+		}
+		m.pool = newWarmPool(m, cfg.WarmPool, settings{VCPUs: DefaultVCPUs, MemoryMiB: DefaultMemoryMiB, Network: network})
+	}
+	return m
 }
 
 // Driver is the sandbox driver sessions run in.
 func (m *Manager) Driver() sandbox.Driver { return m.driver }
+
+// Pool is how the warm pool stands (all zero when there is none).
+func (m *Manager) Pool() PoolStats { return m.pool.stats() }
 
 // MaxSessions is the configured limit.
 func (m *Manager) MaxSessions() int { return m.cfg.MaxSessions }
@@ -264,8 +294,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return nil
 }
 
-// Start runs the idle reaper and the disk guard until Close.
+// Start runs the idle reaper, the disk guard and the warm pool until Close.
 func (m *Manager) Start() {
+	m.pool.start()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.stopReaper = cancel
 	m.reaperDone = make(chan struct{})
@@ -446,6 +477,7 @@ func (m *Manager) Abandon() {
 		m.stopReaper()
 		<-m.reaperDone
 	}
+	m.pool.close()
 	for _, s := range all {
 		s.cancel(errors.New("the server died"))
 		s.mu.Lock()
@@ -471,6 +503,7 @@ func (m *Manager) Close(ctx context.Context) {
 		m.stopReaper()
 		<-m.reaperDone
 	}
+	m.pool.close()
 	var wg sync.WaitGroup
 	for _, s := range all {
 		wg.Go(func() {
@@ -501,6 +534,10 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	if err != nil {
 		return View{}, err
 	}
+	prep, err := m.checkWorkspace(req, &c)
+	if err != nil {
+		return View{}, err
+	}
 	if err := m.checkFreeDisk(); err != nil {
 		return View{}, err
 	}
@@ -519,15 +556,22 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	rec.CreatedAt, rec.LastActivity = now, now
 
 	s := newSession(m.sessionDeps(rec.ID), rec, set, ag, c.key, logState{})
-	if err := m.admit(s); err != nil {
+	s.prep = prep
+	s.pooled = m.pool.take(set)
+	err = m.admit(s)
+	m.pool.poke() // refill, counting the session now admitted
+	if err != nil {
+		if s.pooled != nil {
+			m.pool.discard(s.pooled) // never given back
+		}
 		return View{}, err
 	}
 	if err := m.persistNew(ctx, user, s); err != nil {
-		m.forget(s)
+		m.forgetNew(s)
 		return View{}, err
 	}
 	if err := m.sealKey(ctx, rec.ID, c.key); err != nil {
-		m.forget(s)
+		m.forgetNew(s)
 		return View{}, err
 	}
 	v := s.view()
@@ -535,71 +579,13 @@ func (m *Manager) Create(ctx context.Context, user User, req CreateRequest) (Vie
 	return v, nil
 }
 
-// admit checks the limits and registers s, atomically with respect to other
-// creations so two requests cannot both take the last slot.
-func (m *Manager) admit(s *Session) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closing {
-		return ErrClosing
+// forgetNew drops a session that could not be recorded, and the pooled VM
+// it took.
+func (m *Manager) forgetNew(s *Session) {
+	m.forget(s)
+	if s.pooled != nil {
+		m.pool.discard(s.pooled)
 	}
-	if len(m.sessions) >= m.cfg.MaxSessions {
-		return &LimitError{fmt.Sprintf("this server runs at most %d sessions at once; end one to start another", m.cfg.MaxSessions)}
-	}
-	// One user may not take every slot.
-	perUser, mine := m.cfg.MaxSessionsPerUser, 0
-	if perUser <= 0 {
-		perUser = m.cfg.MaxSessions
-	}
-	for _, o := range m.sessions {
-		if o.userID == s.userID {
-			mine++
-		}
-	}
-	if mine >= perUser {
-		return &UserLimitError{Limit: perUser}
-	}
-	mem, err := hostinfo.ReadMemory()
-	if err != nil {
-		return fmt.Errorf("read host memory: %w", err)
-	}
-	// Sandboxes still booting have not taken their memory yet; count it now.
-	pending := 0
-	for _, o := range m.sessions {
-		if o.stateIs(StateCreating, StateBooting) {
-			pending += o.settings.MemoryMiB
-		}
-	}
-	need := s.settings.MemoryMiB
-	after := mem.UsedMiB() + int64(pending+need)
-	if limit := float64(mem.TotalMiB) * m.cfg.MemoryLimitPercent / 100; float64(after) > limit {
-		return &LimitError{fmt.Sprintf(
-			"not enough host memory: %d MiB of %d MiB are in use and a new session needs %d MiB, which would pass the %.0f%% limit",
-			mem.UsedMiB()+int64(pending), mem.TotalMiB, need, m.cfg.MemoryLimitPercent)}
-	}
-	// What is touched now is not all: idle VMs admitted now take their
-	// memory later. Count what every sandbox may take.
-	if r, ok := m.driver.(sandbox.MemoryReserver); ok {
-		reserved := func(o *Session) int {
-			return r.ReservedMiB(sandbox.Spec{SessionID: o.id, VCPUs: o.settings.VCPUs, MemoryMiB: o.settings.MemoryMiB})
-		}
-		committed := 0
-		for _, o := range m.sessions {
-			committed += reserved(o)
-		}
-		overcommit := m.cfg.MemoryOvercommit
-		if overcommit <= 0 {
-			overcommit = 1
-		}
-		need := reserved(s)
-		if limit := float64(mem.TotalMiB) * m.cfg.MemoryLimitPercent / 100 * overcommit; float64(committed+need) > limit {
-			return &LimitError{fmt.Sprintf(
-				"not enough host memory: the running sessions' VMs may use %d MiB and a new one %d MiB (its memory plus the VMM's), which would pass %.0f MiB (%.0f%% of %d MiB, overcommitted %gx)",
-				committed, need, limit, m.cfg.MemoryLimitPercent, mem.TotalMiB, overcommit)}
-		}
-	}
-	m.sessions[s.id] = s
-	return nil
 }
 
 func (m *Manager) forget(s *Session) {

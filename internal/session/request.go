@@ -17,6 +17,7 @@ import (
 	"github.com/execlaw/execlaw/internal/agent"
 	"github.com/execlaw/execlaw/internal/llm"
 	"github.com/execlaw/execlaw/internal/store"
+	"github.com/execlaw/execlaw/internal/workspace"
 )
 
 // CreateRequest is the body of POST /api/sessions (NewSession in the contract).
@@ -43,6 +44,11 @@ type CreateRequest struct {
 	// EmailTo is where that mail goes. It is not read from the request: the
 	// API fills it in from the signed-in user and the server's mail policy.
 	EmailTo string `json:"-"`
+	// Repo is a git repository cloned into the workspace before the first
+	// turn; ArchiveUpload makes the session wait for an archive (PUT
+	// /api/sessions/{id}/archive) to unpack there (extensions; workspace.go).
+	Repo          *workspace.Repo `json:"repo,omitempty"`
+	ArchiveUpload bool            `json:"archiveUpload,omitempty"`
 }
 
 // Limits of a session's settings.
@@ -74,6 +80,10 @@ type settings struct {
 	ThinkingBudget int64    `json:"thinkingBudget,omitempty"`
 	EmailOnIdle    bool     `json:"emailOnIdle,omitempty"`
 	EmailTo        string   `json:"emailTo,omitempty"`
+	// Repo (without its token) and ArchiveUpload: what the workspace
+	// started from.
+	Repo          *workspace.Repo `json:"repo,omitempty"`
+	ArchiveUpload bool            `json:"archiveUpload,omitempty"`
 }
 
 // ValidationError is a request the client must fix.
@@ -319,6 +329,9 @@ type View struct {
 	// it needs its API key given again to.
 	ResumeKind string `json:"resumeKind,omitempty"`
 	KeyNeeded  bool   `json:"keyNeeded,omitempty"`
+	// What the workspace started from: a repository (no token), an archive.
+	Repo          *workspace.Repo `json:"repo,omitempty"`
+	ArchiveUpload bool            `json:"archiveUpload,omitempty"`
 }
 
 func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
@@ -328,7 +341,7 @@ func viewOf(rec store.Session, lastEventID int64, now time.Time) View {
 		Agent: rec.Agent, Sandbox: rec.Sandbox, Isolated: rec.Isolated,
 		CreatedAt: rec.CreatedAt, LastActivity: rec.LastActivity, IdleTimeoutMin: rec.IdleTimeoutMin,
 		Usage: rec.Usage, Error: rec.Error, Network: set.Network, BaseURL: set.BaseURL, LastEventID: lastEventID,
-		EmailOnIdle: set.EmailOnIdle,
+		EmailOnIdle: set.EmailOnIdle, Repo: set.Repo, ArchiveUpload: set.ArchiveUpload,
 	}
 	if rec.State == StatePaused {
 		v.ResumeKind = parseResume(rec.Resume).Kind

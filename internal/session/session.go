@@ -48,6 +48,8 @@ type Session struct {
 	// paused; resuming is how a paused session goes on (nil for a new one).
 	key      llm.Secret
 	resuming *resumeInfo
+	pooled   *pooledVM // taken from the warm pool, to be claimed at boot
+	prep     *wsPrep   // what a new session does to its workspace before it is ready (workspace.go)
 }
 
 // deps is what a session needs from the server around it.
@@ -180,6 +182,10 @@ func (s *Session) boot() {
 		s.sb = sb
 		s.mu.Unlock()
 		s.observeBoot(took, nil)
+		if err := s.prepareWorkspace(sb); err != nil {
+			s.failPrepare(sb, err)
+			return
+		}
 		if err := s.setState(StateActive, "ready", "the sandbox is ready"); err != nil {
 			s.deps.log.Error("record boot", "session", s.id, "err", err)
 		}
@@ -189,8 +195,41 @@ func (s *Session) boot() {
 
 func (s *Session) observeBoot(took time.Duration, err error) {
 	if o := s.deps.observer; o != nil {
-		o.SandboxStarted(s.deps.driver.Name(), took, err)
+		o.SandboxStarted(s.deps.driver.Name(), s.pooled != nil, took, err)
 	}
+}
+
+// claim makes the pooled VM the session took its own: moved to the
+// session's directory, told its host name, the time and fresh entropy.
+// On failure the VM is stopped and gone.
+func (s *Session) claim(spec sandbox.Spec) (sandbox.Sandbox, error) {
+	vm := s.pooled
+	c, ok := vm.sb.(sandbox.Claimable)
+	err := func() error {
+		if !ok {
+			return errors.New(s.deps.driver.Name() + " sandboxes cannot be claimed")
+		}
+		if err := os.Remove(spec.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err // startSandbox made it, empty
+		}
+		if err := os.Rename(vm.dir, spec.Dir); err != nil {
+			return err
+		}
+		spec.Movable = true
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		defer cancel()
+		return c.Claim(ctx, spec)
+	}()
+	if err != nil {
+		s.stopSandbox(vm.sb)
+		os.RemoveAll(vm.dir)
+		os.RemoveAll(spec.Dir)
+		os.MkdirAll(spec.Dir, 0o700)
+		s.pooled = nil
+		return nil, err
+	}
+	_ = s.emitStatus("pool", "ready (from pool)")
+	return vm.sb, nil
 }
 
 func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
@@ -206,9 +245,15 @@ func (s *Session) startSandbox(dir string) (sandbox.Sandbox, error) {
 	}
 	var sb sandbox.Sandbox
 	var err error
-	if s.resuming != nil {
+	switch {
+	case s.resuming != nil:
 		sb, err = s.resumeSandbox(spec)
-	} else {
+	case s.pooled != nil:
+		if sb, err = s.claim(spec); err != nil {
+			s.deps.log.Warn("claiming a pooled VM failed: booting one", "session", s.id, "err", err)
+			sb, err = s.deps.driver.Start(s.ctx, spec)
+		}
+	default:
 		sb, err = s.deps.driver.Start(s.ctx, spec)
 	}
 	if err != nil {

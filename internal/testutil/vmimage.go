@@ -20,22 +20,37 @@ var vmImages struct {
 	imgs map[string]image.Boot
 }
 
+// TestKernel is the kernel the test images boot: the one execlaw builds from
+// Debian's kernel source, as new images do by default.
+const TestKernel = image.KernelBuilt
+
 // VMImage builds (or brings up to date) the "minimal" guest image for tests
 // and returns it. Its kernel and root filesystem are kept between runs in
 // /var/tmp/execlaw-test-images (or $EXECLAW_TEST_IMAGES), so only the first
-// run on a machine pays for debootstrap; the initramfs is rebuilt whenever
+// run on a machine pays for compiling the kernel and for debootstrap (the
+// images share both where they can); the initramfs is rebuilt whenever
 // execlaw-guest changed. Test processes of different packages share the
 // directory under a file lock.
 func VMImage(tb testing.TB) image.Boot {
 	tb.Helper()
-	return buildVMImage(tb, "minimal", image.AgentSpec{})
+	return buildVMImage(tb, "minimal", TestKernel, image.AgentSpec{})
+}
+
+// VMImageWithKernel is VMImage with the kernel from source (image.KernelBuilt
+// or image.KernelDebian), for comparing the two.
+func VMImageWithKernel(tb testing.TB, source string) image.Boot {
+	tb.Helper()
+	if source == TestKernel {
+		return VMImage(tb)
+	}
+	return buildVMImage(tb, "minimal-"+source, source, image.AgentSpec{})
 }
 
 // VMImageWithClaudeCode is VMImage plus Claude Code (and the Node.js it runs
 // on): the image for tests of in-VM agents.
 func VMImageWithClaudeCode(tb testing.TB) image.Boot {
 	tb.Helper()
-	return buildVMImage(tb, "agents", image.AgentSpec{ClaudeCode: true})
+	return buildVMImage(tb, "agents", TestKernel, image.AgentSpec{ClaudeCode: true})
 }
 
 // VMImageDir is the data directory the test images are built in: its
@@ -50,7 +65,7 @@ func VMImageDir(tb testing.TB) string {
 	return dir
 }
 
-func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) image.Boot {
+func buildVMImage(tb testing.TB, name, kernel string, agents image.AgentSpec) image.Boot {
 	tb.Helper()
 	vmImages.mu.Lock()
 	defer vmImages.mu.Unlock()
@@ -66,10 +81,10 @@ func buildVMImage(tb testing.TB, name string, agents image.AgentSpec) image.Boot
 	}
 	_, err := image.Build(context.Background(), image.BuildOptions{
 		DataDir: dir, Name: name, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
-		Agents: agents,
+		Agents: agents, KernelSource: kernel,
 	})
 	if err != nil {
-		tb.Fatalf("building the test guest image (needs root, debootstrap and apt): %v", err)
+		tb.Fatalf("building the test guest image (needs root, debootstrap, apt and, for its kernel, scripts/deps.sh --test): %v", err)
 	}
 	st, err := image.NewStore(dir)
 	if err != nil {

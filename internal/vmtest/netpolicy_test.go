@@ -50,8 +50,8 @@ func newServerOn(t testing.TB, tb *network.Testbed, pfx string, cfg network.Conf
 }
 
 // newServerWith is newServerOn for img, up to maxSessions sessions and the
-// given agents besides the built-in one.
-func newServerWith(t testing.TB, tb *network.Testbed, pfx string, cfg network.Config, img image.Boot, maxSessions int, agents []agent.Kind) *env {
+// given agents besides the built-in one; opts adjust the server's options.
+func newServerWith(t testing.TB, tb *network.Testbed, pfx string, cfg network.Config, img image.Boot, maxSessions int, agents []agent.Kind, opts ...func(*apitest.Options)) *env {
 	t.Helper()
 	cfg.HostNSPath = tb.HostNS
 	e := &env{tb: tb, pfx: pfx, img: img}
@@ -65,7 +65,11 @@ func newServerWith(t testing.TB, tb *network.Testbed, pfx string, cfg network.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: maxSessions, Agents: append([]agent.Kind{builtin.Kind}, agents...)})
+	o := apitest.Options{Driver: d, MaxSessions: maxSessions, Agents: append([]agent.Kind{builtin.Kind}, agents...)}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.h = apitest.New(t, o)
 	e.fake = llmtest.NewAnthropic().Attach(t)
 	return e
 }

@@ -100,6 +100,11 @@ func (d *Driver) Name() string { return "qemu-" + d.cfg.Accel }
 // Isolated is true: the agent runs in its own VM.
 func (d *Driver) Isolated() bool { return true }
 
+// Poolable: QEMU sandboxes started Movable can be claimed (snapshot.go).
+func (d *Driver) Poolable() bool { return true }
+
+var _ sandbox.Pooling = (*Driver)(nil)
+
 // guestMiB is the memory a VM of spec gets.
 func guestMiB(spec sandbox.Spec) int { return max(spec.MemoryMiB, 128) }
 
@@ -160,7 +165,11 @@ func (d *Driver) launch(ctx context.Context, spec sandbox.Spec, from *restoring)
 		s.cid = randomCID()
 		s.boot.Channel = fmt.Sprintf("vsock:%d", guest.DefaultVsockPort)
 	}
-	if s.socks, err = sandbox.OpenSocketDir(spec.Dir, max(len(ctlSockName), len(qmpSockName))); err != nil {
+	open := sandbox.OpenSocketDir
+	if spec.Movable {
+		open = sandbox.OpenMovableSocketDir
+	}
+	if s.socks, err = open(spec.Dir, max(len(ctlSockName), len(qmpSockName))); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
 	if spec.Network == "full" {
@@ -347,8 +356,11 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 	return cmd, nil
 }
 
+// shortID is the part of a session id (s_<hex>) or a pooled VM's (p_<hex>)
+// that names its VM and, until a session claims it, the guest's host name,
+// which may not hold an underscore.
 func shortID(id string) string {
-	id = strings.TrimPrefix(id, "s_")
+	id = strings.ReplaceAll(strings.TrimPrefix(id, "s_"), "_", "-")
 	if len(id) > 12 {
 		id = id[:12]
 	}

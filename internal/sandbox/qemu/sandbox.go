@@ -100,9 +100,12 @@ func (s *Sandbox) hasExited() bool {
 // logTail is the end of QEMU's own log and the guest console, bounded: they
 // explain a failed boot. They are shown to the user, never parsed.
 func (s *Sandbox) logTail() string {
+	s.mu.Lock()
+	dir := s.dir // Claim moves it
+	s.mu.Unlock()
 	var parts []string
 	for _, name := range []string{"qemu.log", "console.log"} {
-		if t := sandbox.LogTail(filepath.Join(s.dir, name), 600, 0); t != "" {
+		if t := sandbox.LogTail(filepath.Join(dir, name), 600, 0); t != "" {
 			parts = append(parts, name+": "+strings.Join(strings.Fields(t), " "))
 		}
 	}

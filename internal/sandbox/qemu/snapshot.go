@@ -271,3 +271,22 @@ type versionState struct {
 	versionStr  string
 	versionErr  error
 }
+
+var _ sandbox.Claimable = (*Sandbox)(nil)
+
+// Claim makes a pooled VM the session's: see sandbox.Claimable. The VM has
+// been moved to spec.Dir; its network (made when it was pooled) is kept.
+func (s *Sandbox) Claim(ctx context.Context, spec sandbox.Spec) error {
+	s.mu.Lock()
+	s.id, s.dir = spec.SessionID, spec.Dir
+	s.spec.SessionID, s.spec.Dir, s.spec.Progress = spec.SessionID, spec.Dir, spec.Progress
+	s.boot.Hostname = "execlaw-" + shortID(spec.SessionID)
+	s.mu.Unlock()
+	req := guest.InitRequest{Hostname: s.boot.Hostname, Entropy: make([]byte, 64)}
+	rand.Read(req.Entropy)
+	req.Time = time.Now()
+	if _, err := s.client.Init(ctx, req); err != nil {
+		return fmt.Errorf("claim the pooled VM: %w", err)
+	}
+	return nil
+}

@@ -73,6 +73,16 @@ export const api = {
   email: (id, to) => call('POST', sid(id) + '/email', { to }),
   // sessionId (an extension) makes the server append that session's transcript to the prompt.
   exedevNew: (vmName, prompt, token, sessionId) => call('POST', '/api/exedev/new', { vmName, prompt, token, sessionId }),
+  // The ports programs in the sandbox listen on, with preview links (ports.js).
+  ports: (id) => call('GET', sid(id) + '/ports'),
+  // The workspace (files.js): a directory's entries, a file's bytes (a
+  // download; uploads PUT to the same URL), the whole of it as a .tar.gz,
+  // what changed since the session began, and a new session's archive.
+  files: (id, path) => call('GET', sid(id) + '/files?path=' + encodeURIComponent(path || '')),
+  fileURL: (id, path) => sid(id) + '/files/content?path=' + encodeURIComponent(path),
+  workspaceURL: (id) => sid(id) + '/workspace.tar.gz',
+  changes: (id) => call('GET', sid(id) + '/changes'),
+  archiveURL: (id) => sid(id) + '/archive',
   transcriptURL: (id, format = 'md') => sid(id) + '/transcript?format=' + format,
   streamURL: (id, after) => sid(id) + '/stream' + (after > 0 ? '?after=' + after : ''),
   async logout() {

@@ -1,9 +1,10 @@
 // The new-session form: name, provider, API key (masked, remembered only on
 // request), base URL, model picker fed by /api/models, and advanced options.
 import { api } from './api.js';
-import { $, debounce, randomName } from './util.js';
+import { $, debounce, randomName, toast } from './util.js';
 import { loadKeys, rememberKey, loadForm, saveForm } from './prefs.js';
 import { ModelPicker, describeModel } from './models.js';
+import { uploadArchive, fmtBytes } from './files.js';
 
 const LIVE = new Set(['openrouter', 'openai-compatible']); // listed by asking the endpoint
 
@@ -51,11 +52,16 @@ export class NewSessionForm {
     this.agent.addEventListener('change', () => this.agentChanged());
     this.key.addEventListener('input', () => { if (LIVE.has(this.provider.value)) this.refreshSoon(); });
     this.baseUrl.addEventListener('input', () => this.refreshSoon());
+    // Where the workspace starts from: the token's risk is said as soon as one is typed.
+    this.repoToken = $('#ns-repo-token');
+    this.repoToken.addEventListener('input', () => { $('#ns-repo-token-warn').hidden = !this.repoToken.value; });
+    this.archive = $('#ns-archive');
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.submit(); });
     this.refreshSoon = debounce(() => this.loadModels(), 500);
   }
 
   init(platform) {
+    this.maxUpload = platform && platform.maxUploadBytes;
     const providers = (platform && platform.providers) || [];
     if (providers.length) {
       for (const opt of [...this.provider.options]) if (!providers.includes(opt.value)) opt.remove();
@@ -179,6 +185,14 @@ export class NewSessionForm {
     req.network = $('#ns-network').value;
     const thinking = $('#ns-thinking').disabled ? '' : $('#ns-thinking').value;
     if (thinking) req.thinking = thinking === 'on';
+    const repo = $('#ns-repo-url').value.trim();
+    if (repo) {
+      req.repo = { url: repo };
+      const ref = $('#ns-repo-ref').value.trim(), token = this.repoToken.value.trim();
+      if (ref) req.repo.ref = ref;
+      if (token) req.repo.token = token;
+    }
+    if (this.archive.files.length) req.archiveUpload = true;
     return req;
   }
 
@@ -196,6 +210,11 @@ export class NewSessionForm {
     if (Number.isNaN(req.temperature) || req.temperature < 0 || req.temperature > 2) return ['ns-temp', 'Temperature is between 0 and 2.'];
     if (Number.isNaN(req.maxTokens) || req.maxTokens < 1) return ['ns-maxtokens', 'Max tokens must be a positive number.'];
     if (Number.isNaN(req.idleTimeoutMin) || req.idleTimeoutMin < 5 || req.idleTimeoutMin > 10080) return ['ns-idle', 'The idle timeout is between 5 and 10080 minutes.'];
+    if (req.repo && !/^https:\/\/[^\s@]+\/[^\s]+$/i.test(req.repo.url)) return ['ns-repo-url', 'The repository must be an https:// URL without a user name or password (give a token instead).'];
+    if (req.repo && req.network === 'none') return ['ns-network', 'Cloning a repository needs the network: choose “Full internet access”.'];
+    const file = this.archive.files[0], max = Number(this.maxUpload) || 0;
+    if (file && !/\.(tar\.gz|tgz|tar|zip)$/i.test(file.name)) return ['ns-archive', 'The archive must be a .tar.gz, .tgz, .tar or .zip file.'];
+    if (file && max && file.size > max) return ['ns-archive', `The archive is ${fmtBytes(file.size)}: more than the ${fmtBytes(max)} an upload may be.`];
     return null;
   }
 
@@ -214,6 +233,11 @@ export class NewSessionForm {
     this.submitBtn.textContent = 'Starting…';
     try {
       const view = await api.create(req);
+      const file = req.archiveUpload ? this.archive.files[0] : null;
+      if (file) this.sendArchive(view.id, file);
+      this.repoToken.value = '';
+      $('#ns-repo-token-warn').hidden = true;
+      this.archive.value = '';
       rememberKey(req.provider, this.remember.checked ? req.apiKey : null);
       const f = loadForm();
       f.provider = req.provider;
@@ -228,6 +252,17 @@ export class NewSessionForm {
     } finally {
       this.submitBtn.disabled = false;
       this.submitBtn.textContent = 'Start session';
+    }
+  }
+
+  // sendArchive uploads a new session's archive in the background; the
+  // session's boot shows it being waited for and unpacked.
+  async sendArchive(id, file) {
+    try {
+      await uploadArchive(id, file);
+      toast(`${file.name} was unpacked into the workspace`);
+    } catch (err) {
+      toast(`The archive could not be used: ${err.message}`, true);
     }
   }
 

@@ -12,6 +12,9 @@ import { SessionStream } from './stream.js';
 import { Transcript } from './transcript.js';
 import { loadEnterSends, loadKeys, rememberKey } from './prefs.js';
 import { confirmDialog, openEmail, openExeDev, askKey } from './dialogs.js';
+import { TerminalDock } from './terminal.js';
+import { PortsWatcher } from './ports.js';
+import { WorkspacePanel } from './files.js';
 
 const WORD = 'Working…';
 
@@ -45,12 +48,15 @@ export class SessionView {
     this.emailBtn = h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Email the transcript', title: 'Email the transcript', hidden: true, onclick: () => openEmail(this) }, icon('mail'), h('span', { class: 'label', text: 'Email' }));
     this.exedevBtn = h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Send to a new exe.dev VM', title: 'Send to a new exe.dev VM', hidden: true, onclick: () => openExeDev(this) }, icon('rocket'), h('span', { class: 'label', text: 'Send to exe.dev' }));
     this.endBtn = h('button', { type: 'button', class: 'btn ghost small end-session', 'aria-label': 'End session', title: 'End the session and delete its sandbox', onclick: () => this.end() }, icon('power'), h('span', { class: 'label', text: 'End session' }));
+    this.terminals = new TerminalDock(id);
+    this.ports = new PortsWatcher(id);
+    this.workspace = new WorkspacePanel(this);
     this.pauseBtn = h('button', { type: 'button', class: 'btn ghost small pause-session', 'aria-label': 'Pause session', title: 'Pause: save the sandbox and free its memory; a message resumes it', disabled: true, onclick: () => this.pause() }, icon('pause'), h('span', { class: 'label', text: 'Pause' }));
     const head = h('header', { class: 's-head' }, this.titleEl, this.modelEl, this.badges,
       h('div', { class: 's-actions' },
         h('button', { type: 'button', class: 'btn ghost small', 'aria-label': 'Rename', title: 'Rename (F2 on the tab)', onclick: () => this.app.onRename(id) }, icon('edit'), h('span', { class: 'label', text: 'Rename' })),
         h('a', { class: 'btn ghost small download-transcript', href: api.transcriptURL(id, 'md'), download: '', 'aria-label': 'Download the conversation as Markdown', title: 'Download the conversation as Markdown' }, icon('download'), h('span', { class: 'label', text: 'Download' })),
-        this.emailBtn, this.exedevBtn, this.pauseBtn, this.endBtn));
+        this.workspace.button, this.terminals.button, this.emailBtn, this.exedevBtn, this.pauseBtn, this.endBtn));
 
     this.log = h('div', { class: 'transcript', role: 'log', 'aria-label': 'Conversation' });
     this.scroller = h('div', { class: 'scroller', tabindex: '0', 'aria-label': 'Conversation' }, this.log);
@@ -90,10 +96,10 @@ export class SessionView {
     this.statusModel = h('span', { class: 'st-model' });
     const bar = h('footer', { class: 'statusbar' },
       h('span', { class: 'st-state' }, this.dotEl, this.stateEl), this.uptimeEl, this.usageEl,
-      h('span', { class: 'grow' }), this.connEl, this.statusModel);
+      this.ports.el, h('span', { class: 'grow' }), this.connEl, this.statusModel);
 
     this.el = h('section', { class: 'session', id: `panel-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, dataset: { sessionId: id } },
-      head, this.scroller, this.working, this.endedBanner, this.pausedBanner, this.composer, bar);
+      head, this.scroller, this.terminals.el, this.working, this.endedBanner, this.pausedBanner, this.composer, bar, this.workspace.el);
   }
 
   // load fetches the session and starts its stream.
@@ -177,6 +183,9 @@ export class SessionView {
     const ended = ENDED.has(state);
     this.composer.hidden = ended;
     this.endBtn.hidden = ended || state === 'stopping';
+    this.terminals.setUsable(state === 'active' || state === 'busy');
+    this.ports.watch(Boolean(this.active) && (state === 'active' || state === 'busy'));
+    this.workspace.setState(state);
     this.updateActions();
     if (ended) {
       this.setBusy(false);
@@ -210,6 +219,7 @@ export class SessionView {
   }
 
   onEvent(type, d) {
+    this.workspace.onEvent(type, d);
     switch (type) {
       case 'status': return this.onStatus(d);
       case 'user_message': return this.transcript.user(d);
@@ -309,8 +319,10 @@ export class SessionView {
     const b = this.boot;
     const text = d.message || d.phase || STATE_LABEL[d.state] || d.state;
     if (d.state === 'creating' || d.state === 'booting') {
+      const last = b.list.lastElementChild; // a phase that reports progress (a clone) updates its line
+      if (last && d.message && /^(clone|archive)$/.test(d.phase) && last.dataset.phase === d.phase) return void (last.textContent = text);
       for (const li of b.list.children) li.classList.remove('current');
-      b.list.append(h('li', { class: 'current', text }));
+      b.list.append(h('li', { class: 'current', text, dataset: { phase: d.phase || '' } }));
       return;
     }
     b.done = true;
@@ -318,7 +330,9 @@ export class SessionView {
     for (const li of b.list.children) li.classList.remove('current');
     if (d.state === 'active') {
       const secs = Math.round(Math.max(0, (d.uptime || 0) - b.started));
-      b.title.textContent = secs >= 1 ? `Sandbox ready in ${secs} s` : 'Sandbox ready';
+      // A VM taken from the warm pool was booted before the session asked.
+      const pooled = [...b.list.children].some(li => li.dataset.phase === 'pool');
+      b.title.textContent = `Sandbox ready${pooled ? ' (from pool)' : ''}${secs >= 1 ? ` in ${secs} s` : ''}`;
       b.list.hidden = true;
       announce('The sandbox is ready');
     } else {
@@ -554,6 +568,7 @@ export class SessionView {
     this.active = true;
     this.el.hidden = false;
     if (this.loaded) this.app.pool.use(this.stream);
+    this.ports.watch(this.state === 'active' || this.state === 'busy');
     if (this.stick) this.scrollDown();
     this.tick();
   }
@@ -561,6 +576,7 @@ export class SessionView {
   hide() {
     this.active = false;
     this.el.hidden = true;
+    this.ports.watch(false);
   }
 
   focus() {
@@ -570,6 +586,9 @@ export class SessionView {
 
   destroy() {
     this.app.pool.drop(this.stream);
+    this.terminals.destroy();
+    this.ports.destroy();
+    this.workspace.destroy();
     this.el.remove();
   }
 }
