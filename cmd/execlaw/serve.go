@@ -648,8 +648,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Info("metrics", "url", scheme+"://"+mln.Addr().String()+"/metrics", "authentication", !open)
 	}
 	httpServer := &http.Server{
-		Handler:   srv,
-		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Handler:  srv,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Each server gets its own copy: serving one adds its protocols
 		// (h2) to its config, while the preview servers copy theirs.
 		TLSConfig: tlsConfig.Clone(),
