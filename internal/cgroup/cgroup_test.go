@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,6 +227,12 @@ func TestCreateWritesLimits(t *testing.T) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(h.dir, file))
+		if file == "memory.swap.max" && errors.Is(err, fs.ErrNotExist) && !exists(filepath.Join(h.dir, "memory.swap.current")) {
+			// A kernel built without swap (the guest kernel) has no swap
+			// files at all; there is nothing to limit.
+			t.Logf("%s: this kernel has no swap", file)
+			continue
+		}
 		if err != nil {
 			t.Errorf("%s: %v", file, err)
 			continue
@@ -381,4 +388,9 @@ func TestOOMScoreAdj(t *testing.T) {
 	if got, err := OOMScoreAdj(cmd.Process.Pid); err != nil || got != VMMOOMScoreAdj {
 		t.Fatalf("oom_score_adj %d, %v", got, err)
 	}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
