@@ -72,7 +72,7 @@ srv.serve_forever()
 func startApp(t *testing.T, h *apitest.Harness, id string) int {
 	t.Helper()
 	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is not installed")
+		t.Fatal("python3 is not installed (scripts/deps.sh --test installs it): the preview tests serve an app with it")
 	}
 	live, err := h.Mgr.Live(t.Context(), session.User{ID: userOf(h)}, id)
 	if err != nil {

@@ -139,14 +139,18 @@ func (s *Server) spawn(cmd *exec.Cmd, stdin bool) (*proc, error) {
 		return nil, err
 	}
 	p := &proc{s: s, cmd: cmd, pgid: cmd.Process.Pid, start: start, outR: outR, errR: errR, inW: inW, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		if s.reaper != nil {
-			s.reaper.Done(p.pgid)
-		}
-		close(p.exited)
-	}()
+	go p.wait()
 	return p, nil
+}
+
+// wait collects the command's exit, then tells the reaper its process
+// group is done and whoever waits on exited.
+func (p *proc) wait() {
+	p.waitErr = p.cmd.Wait()
+	if p.s.reaper != nil {
+		p.s.reaper.Done(p.pgid)
+	}
+	close(p.exited)
 }
 
 // abandon kills a command nobody will stream, and releases it.

@@ -117,13 +117,7 @@ func (s *Server) spawnPTY(cmd *exec.Cmd, size WindowSize) (*proc, error) {
 		return nil, err
 	}
 	p := &proc{s: s, cmd: cmd, pgid: cmd.Process.Pid, start: start, outR: master, inW: inW, tty: master, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		if s.reaper != nil {
-			s.reaper.Done(p.pgid)
-		}
-		close(p.exited)
-	}()
+	go p.wait()
 	return p, nil
 }
 

@@ -33,7 +33,7 @@ const TestKernel = image.KernelBuilt
 // directory under a file lock.
 func VMImage(tb testing.TB) image.Boot {
 	tb.Helper()
-	return buildVMImage(tb, "minimal", TestKernel, image.AgentSpec{})
+	return buildVMImage(tb, "minimal", "minimal", TestKernel, image.AgentSpec{})
 }
 
 // VMImageWithKernel is VMImage with the kernel from source (image.KernelBuilt
@@ -43,14 +43,14 @@ func VMImageWithKernel(tb testing.TB, source string) image.Boot {
 	if source == TestKernel {
 		return VMImage(tb)
 	}
-	return buildVMImage(tb, "minimal-"+source, source, image.AgentSpec{})
+	return buildVMImage(tb, "minimal-"+source, "minimal", source, image.AgentSpec{})
 }
 
 // VMImageWithClaudeCode is VMImage plus Claude Code (and the Node.js it runs
 // on): the image for tests of in-VM agents.
 func VMImageWithClaudeCode(tb testing.TB) image.Boot {
 	tb.Helper()
-	return buildVMImage(tb, "agents", TestKernel, image.AgentSpec{ClaudeCode: true})
+	return buildVMImage(tb, "agents", "minimal", TestKernel, image.AgentSpec{ClaudeCode: true})
 }
 
 // VMImageDir is the data directory the test images are built in: its
@@ -65,7 +65,7 @@ func VMImageDir(tb testing.TB) string {
 	return dir
 }
 
-func buildVMImage(tb testing.TB, name, kernel string, agents image.AgentSpec) image.Boot {
+func buildVMImage(tb testing.TB, name, profile, kernel string, agents image.AgentSpec) image.Boot {
 	tb.Helper()
 	vmImages.mu.Lock()
 	defer vmImages.mu.Unlock()
@@ -80,7 +80,7 @@ func buildVMImage(tb testing.TB, name, kernel string, agents image.AgentSpec) im
 		out = os.Stderr
 	}
 	_, err := image.Build(context.Background(), image.BuildOptions{
-		DataDir: dir, Name: name, Profile: "minimal", GuestBinary: GuestBinary(tb), Version: "test", Out: out,
+		DataDir: dir, Name: name, Profile: profile, GuestBinary: GuestBinary(tb), Version: "test", Out: out,
 		Agents: agents, KernelSource: kernel,
 	})
 	if err != nil {

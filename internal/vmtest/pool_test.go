@@ -177,21 +177,7 @@ func TestWarmPool(t *testing.T) {
 		e.h.Must(200, "DELETE", "/api/sessions/"+id, nil)
 	}
 	e.h.Stop() // stops the pool too
-	deadline := time.Now().Add(apitest.Wait)
-	for {
-		left := e.leftovers()
-		after, err := e.tb.State()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(left) == 0 && len(after.Links) == 0 && after.Rules == before.Rules {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("left behind: %v; host links %v; firewall rules %d (before %d)", left, after.Links, after.Rules, before.Rules)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitNothingLeft(t, before)
 }
 
 // The pool obeys the memory gate: with room for one VM of its size, it

@@ -253,6 +253,27 @@ func (e *env) leftovers() []string {
 	return left
 }
 
+// waitNothingLeft waits until the host is as it was before the test: no
+// leftovers, no host links, as many firewall rules.
+func (e *env) waitNothingLeft(t *testing.T, before network.HostState) {
+	t.Helper()
+	deadline := time.Now().Add(apitest.Wait)
+	for {
+		left := e.leftovers()
+		after, err := e.tb.State()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 && len(after.Links) == 0 && after.Rules == before.Rules {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind: %v; host links %v; firewall rules %d (before %d)", left, after.Links, after.Rules, before.Rules)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // After 20 create/delete cycles and a VMM killed in the middle of a command,
 // nothing is left: no process, namespace, TAP, link, firewall rule, mount or
 // disk.
@@ -318,21 +339,7 @@ func TestNothingLeftBehind(t *testing.T) {
 	}
 	e.h.WaitState(id, "error")
 
-	deadline := time.Now().Add(apitest.Wait)
-	for {
-		left := e.leftovers()
-		after, err := e.tb.State()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(left) == 0 && len(after.Links) == 0 && after.Rules == before.Rules {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("left behind: %v; host links %v; firewall rules %d (before %d)", left, after.Links, after.Rules, before.Rules)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitNothingLeft(t, before)
 }
 
 // waitActive is WaitState for goroutines other than the test's: it returns

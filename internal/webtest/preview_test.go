@@ -55,7 +55,7 @@ srv.serve_forever()
 // to the preview port too.
 func TestPreviewCannotReachExeClaw(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is not installed")
+		t.Fatal("python3 is not installed (scripts/deps.sh --test installs it): the preview tests serve an app with it")
 	}
 	for _, sameHost := range []bool{false, true} {
 		t.Run("sameHost="+strconv.FormatBool(sameHost), func(t *testing.T) {
