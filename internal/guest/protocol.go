@@ -2,7 +2,8 @@
 // execlaw-guest serves inside every sandbox, and the client the host uses to call it.
 //
 // The transport is any byte stream (a Unix socket for the process driver, vsock or a
-// yamux stream over virtio-serial for VMs); the protocol does not care. Everything
+// yamux stream over virtio-serial for VMs, a yamux stream over an authenticated TLS
+// connection for pods: pod.go); the protocol does not care. Everything
 // the host reads from the guest is untrusted: sizes are bounded on both sides and
 // every call carries a deadline.
 package guest
