@@ -16,7 +16,8 @@ import (
 
 const imageUsage = `Usage: execlaw image <build|list|verify|prune> [flags]
 
-  build    build or update a guest image (kernel, initramfs, root filesystem)
+  build    build or update a guest image (kernel, initramfs, root filesystem);
+           with --oci FILE, also write it as an OCI image archive for pods
   list     show the images built, with their versions and sizes
   verify   rehash every file of every image against its manifest
   prune    delete files no image refers to any more
@@ -46,12 +47,28 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 		fs.StringVar(&o.ModulesDir, "modules", "", "with --kernel: its lib/modules/<release> directory")
 		fs.StringVar(&o.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading Debian's")
 		fs.BoolVar(&o.Force, "force", false, "rebuild everything")
+		ociPath := fs.String("oci", "", "also write the image as an OCI image archive to this file, for Kubernetes pods "+
+			"(ctr -n k8s.io images import, podman load, docker load); an unchanged image is not rebuilt")
+		ociTag := fs.String("oci-tag", "", "with --oci: the image's name (default "+image.OCIRepository+":<short hash>; "+
+			"a name without a tag gets the short hash)")
 		agents := fs.String("agents", "", "agent CLIs to install besides the built-in agent: claude-code")
 		fs.StringVar(&o.Agents.ClaudeCodeVersion, "claude-code-version", image.ClaudeCodeVersion, "the @anthropic-ai/claude-code release to install")
 		fs.StringVar(&o.Agents.Nullclaw, "nullclaw", "", "install nullclaw from this file or http(s) URL")
 		fs.StringVar(&o.Agents.NullclawSHA256, "nullclaw-sha256", "", "the SHA-256 the nullclaw binary must have")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
+		}
+		// Refuse a bad --oci or --oci-tag now, not after a build of minutes.
+		if *ociTag != "" && *ociPath == "" {
+			return errors.New("--oci-tag goes with --oci FILE")
+		}
+		if *ociPath != "" {
+			if err := image.CheckOCIPath(*ociPath); err != nil {
+				return fmt.Errorf("--oci: %w", err)
+			}
+			if err := image.CheckOCIRef(*ociTag); err != nil {
+				return fmt.Errorf("--oci-tag: %w", err)
+			}
 		}
 		spec, err := image.ParseAgents(*agents)
 		if err != nil {
@@ -65,8 +82,24 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 			}
 		}
 		o.DataDir, o.Version, o.Out = *dataDir, version.String(), stdout
-		_, err = image.Build(ctx, o)
-		return err
+		m, err := image.Build(ctx, o)
+		if err != nil || *ociPath == "" {
+			return err
+		}
+		st, err := image.NewStore(*dataDir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout)
+		img, err := st.WriteOCI(ctx, m, image.OCIOptions{
+			Path: *ociPath, Ref: *ociTag, GuestBinary: o.GuestBinary, Version: o.Version, Out: stdout,
+		})
+		if err != nil {
+			return fmt.Errorf("--oci: %w", err)
+		}
+		fmt.Fprintf(stdout, "  load it with `ctr -n k8s.io images import %s` (a cluster node), `podman load -i %[1]s` or `docker load -i %[1]s`;\n"+
+			"  a pod names it %s, with imagePullPolicy: Never or IfNotPresent\n", img.Path, img.Ref)
+		return nil
 	case "list", "verify", "prune":
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
