@@ -9,8 +9,15 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw-guest ./cmd/execlaw-guest
 
+# The Kubernetes test cluster's binaries are compiled first (once: about 13
+# minutes on two cores, then cached in /var/tmp/execlaw-k8s) so that no test
+# waits for them; the tests start the cluster, and it is stopped after them
+# however they end. The guest kernel is compiled by the first test that boots
+# a VM (once, cached in /var/tmp/execlaw-test-images), while the tests that
+# need none run beside it: hence the long timeout.
 test: fmt-check vet
-	$(GO) test -race -count=1 -timeout 25m ./...
+	scripts/k8s-testbed.sh build kube
+	$(GO) test -race -count=1 -timeout 45m ./...; rc=$$?; scripts/k8s-testbed.sh down; exit $$rc
 	$(MAKE) fuzz FUZZTIME=60s
 
 # Hostile requests to every route (Go's native fuzzing), for FUZZTIME; the
@@ -27,10 +34,12 @@ fmt-check:
 
 # Figures, not pass/fail: event fan-out throughput and delay; sandbox
 # create-to-ready by part; pause, resume (snapshot and cold) and snapshot
-# size beside a cold boot.
+# size beside a cold boot; the warm pool beside cold boots; the built guest
+# kernel beside Debian's; a session pod's start on the test cluster.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
 	$(GO) test -run '^$$' -bench 'CreateToReady|PauseResume|WarmPool|Kernels' -benchtime 5x -timeout 30m ./internal/vmtest/
+	$(GO) test -run '^$$' -bench 'PodStart' -benchtime 5x ./internal/sandbox/kubernetes/; rc=$$?; scripts/k8s-testbed.sh down; exit $$rc
 
 # Pictures of the web UI's main views for the README (headless Chromium, the
 # fake LLM), written to docs/screenshots/.

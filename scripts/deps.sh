@@ -41,9 +41,14 @@ packages=(ca-certificates git make qemu-system-x86 debootstrap e2fsprogs
 # The race detector in `go test -race` needs cgo, so a C compiler; the
 # browser tests drive Debian's Chromium; the packaging tests run
 # systemd-analyze verify on the unit and shellcheck on install.sh; the guest
-# image's byte-level tests compare with xz and GNU cpio. (gcc, libc6-dev and
-# xz-utils are in the list above already, for the kernel.)
-[ $want_test -eq 1 ] && packages+=(chromium systemd shellcheck cpio)
+# image's byte-level tests compare with xz and GNU cpio; the live preview tests
+# serve an app with python3. (gcc, libc6-dev and
+# xz-utils are in the list above already, for the kernel.) The Kubernetes
+# test cluster (scripts/k8s-testbed.sh) runs Debian's etcd, containerd, runc
+# and CNI plugins beside the Kubernetes binaries it compiles; it makes its
+# certificates with openssl and asks etcd and the API server with curl.
+[ $want_test -eq 1 ] && packages+=(chromium systemd shellcheck cpio python3
+	etcd-server containerd runc containernetworking-plugins openssl curl)
 apt_install "${packages[@]}"
 
 # npm puts Claude Code into a guest image (execlaw image build --agents

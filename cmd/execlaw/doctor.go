@@ -6,12 +6,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/execlaw/execlaw/internal/network"
 	"github.com/execlaw/execlaw/internal/sandbox/detect"
+	"github.com/execlaw/execlaw/internal/sandbox/kubernetes"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 )
 
@@ -33,6 +39,9 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	fs.IntVar(&netFlags.MaxSessions, "max-sessions", 10, "sessions at once, as serve takes it")
 	fs.Float64Var(&netFlags.MemoryPercent, "memory-limit-percent", 90, "the memory gate, as serve takes it")
 	fs.Float64Var(&netFlags.MemoryOvercommit, "memory-overcommit", 1, "the memory gate's overcommit, as serve takes it")
+	if err := registerK8sFlags(fs, &netFlags.K8s, func(name, def string) string { return envOr(getenv, name, def) }); err != nil {
+		return err
+	}
 	var err error
 	if err = fs.Parse(args); err != nil {
 		return err
@@ -46,6 +55,9 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
+	}
+	if *sandbox == sandboxKubernetes {
+		return doctorK8s(ctx, netFlags, dir, *asJSON, stdout)
 	}
 	netCfg, err := guestNetConfig(netFlags)
 	if err != nil {
@@ -73,20 +85,12 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 		} else {
 			out.Network = &netInfo
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if encErr := enc.Encode(out); encErr != nil {
+		if encErr := writeIndentedJSON(stdout, out); encErr != nil {
 			return encErr
 		}
 		return err
 	}
-	for _, f := range report.Findings {
-		mark := "no "
-		if f.OK {
-			mark = "yes"
-		}
-		fmt.Fprintf(stdout, "  [%s] %-18s %s\n", mark, f.Check, f.Detail)
-	}
+	printFindings(stdout, report.Findings)
 	if netErr != nil {
 		fmt.Fprintf(stdout, "\nVM network: %v\n", netErr)
 	} else {
@@ -101,4 +105,119 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 		fmt.Fprintf(stdout, "Agents: %s\n", strings.Join(agents.Names(), ", "))
 	}
 	return nil
+}
+
+// doctorK8s is doctor for --sandbox kubernetes: the settings as serve
+// reads them, then what the cluster says of them (its version, this
+// server's permissions in the namespace, the runtime class, what an
+// earlier run left). It asks and lists; it makes and deletes nothing.
+func doctorK8s(ctx context.Context, c serveConfig, dataDir string, asJSON bool, stdout io.Writer) error {
+	report := detect.Report{Driver: sandboxKubernetes}
+	s, err := k8sDriverConfig(c, dataDir, false, slog.New(slog.DiscardHandler))
+	report.Findings = s.findings
+	if err == nil {
+		var more []detect.Finding
+		more, err = k8sClusterFindings(ctx, s)
+		report.Findings = append(report.Findings, more...)
+		report.Reason = fmt.Sprintf("--sandbox kubernetes: pods in namespace %s of the cluster at %s", s.cfg.Namespace, s.conn.Host)
+	}
+	if asJSON {
+		if encErr := writeIndentedJSON(stdout, report); encErr != nil {
+			return encErr
+		}
+		return err
+	}
+	printFindings(stdout, report.Findings)
+	if err != nil {
+		fmt.Fprintf(stdout, "\nNo driver: %v\n", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "\nSandbox driver: %s\nWhy: %s\n", report.Driver, report.Reason)
+	if agents, err := offeredAgents(s.cfg.Template.RuntimeClass() != "", report); err == nil {
+		fmt.Fprintf(stdout, "Agents: %s\n", strings.Join(agents.Names(), ", "))
+	}
+	return nil
+}
+
+// k8sClusterFindings asks the cluster about the driver's settings; the
+// error is the first thing that stops serve from working.
+func k8sClusterFindings(ctx context.Context, s *k8sSetup) ([]detect.Finding, error) {
+	var out []detect.Finding
+	add := func(check string, ok bool, format string, args ...any) {
+		out = append(out, detect.Finding{Check: check, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	}
+	cs, ns := s.conn.Client, s.cfg.Namespace
+	v, err := cs.Discovery().ServerVersion()
+	if err != nil {
+		add("kubernetes version", false, "the API server does not answer: %v", err)
+		return out, err
+	}
+	add("kubernetes version", true, "%s", v.GitVersion)
+
+	var missing []string
+	for _, need := range kubernetes.Permissions {
+		for _, verb := range need.Verbs {
+			r, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+				Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+					Namespace: ns, Verb: verb, Group: need.Group, Resource: need.Resource, Subresource: need.Subresource,
+				}},
+			}, metav1.CreateOptions{})
+			what := need.Resource
+			if need.Subresource != "" {
+				what += "/" + need.Subresource
+			}
+			if err != nil {
+				missing = append(missing, fmt.Sprintf("%s %s (%v)", verb, what, err))
+			} else if !r.Status.Allowed {
+				missing = append(missing, verb+" "+what)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		err := fmt.Errorf("in namespace %s this server may not: %s (see deploy/kubernetes/rbac.yaml)", ns, strings.Join(missing, ", "))
+		add("permissions", false, "%v", err)
+		return out, err
+	}
+	add("permissions", true, "pods, pods/log, secrets, network policies and claims in namespace %s", ns)
+
+	if rc := s.cfg.Template.RuntimeClass(); rc != "" {
+		_, err := cs.NodeV1().RuntimeClasses().Get(ctx, rc, metav1.GetOptions{})
+		switch {
+		case err == nil:
+			add("runtime class", true, "%s exists", rc)
+		case apierrors.IsNotFound(err):
+			err = fmt.Errorf("runtime class %s does not exist: pods would not start", rc)
+			add("runtime class", false, "%v", err)
+			return out, err
+		default:
+			add("runtime class", true, "%s: cannot check (%v); pods fail to start if it is missing", rc, err)
+		}
+	}
+	if inst := s.cfg.Instance; inst != "" {
+		sel := metav1.ListOptions{LabelSelector: kubernetes.LabelInstance + "=" + inst}
+		pods, perr := cs.CoreV1().Pods(ns).List(ctx, sel)
+		claims, cerr := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
+		if perr == nil && cerr == nil {
+			add("objects", true, "%d pods and %d workspace claims of this instance now (a running server's, or an earlier run's that the next start sweeps but for paused sessions' claims)",
+				len(pods.Items), len(claims.Items))
+		}
+	}
+	return out, nil
+}
+
+// printFindings lists doctor's findings, one a line, marked yes or no.
+func printFindings(w io.Writer, findings []detect.Finding) {
+	for _, f := range findings {
+		mark := "no "
+		if f.OK {
+			mark = "yes"
+		}
+		fmt.Fprintf(w, "  [%s] %-18s %s\n", mark, f.Check, f.Detail)
+	}
+}
+
+func writeIndentedJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

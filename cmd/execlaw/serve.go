@@ -33,6 +33,7 @@ import (
 	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/detect"
 	"github.com/execlaw/execlaw/internal/sandbox/firecracker"
+	"github.com/execlaw/execlaw/internal/sandbox/kubernetes"
 	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/session"
 	"github.com/execlaw/execlaw/internal/store"
@@ -112,6 +113,9 @@ type serveConfig struct {
 	MemoryOvercommit   float64
 	VMCgroups          string
 	VMCPUQuota         float64
+
+	// K8s configures --sandbox kubernetes (kubernetes.go).
+	K8s k8sConfig
 }
 
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
@@ -126,7 +130,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	}
 	fs.StringVar(&c.Listen, "listen", env("EXECLAW_LISTEN", "127.0.0.1:8000"), "address to listen on (EXECLAW_LISTEN)")
 	fs.StringVar(&c.DataDir, "data-dir", env("EXECLAW_DATA_DIR", "./data"), "directory for the database, token and sandboxes (EXECLAW_DATA_DIR)")
-	fs.StringVar(&c.Sandbox, "sandbox", env("EXECLAW_SANDBOX", "auto"), "sandbox driver: auto, process, qemu or firecracker (EXECLAW_SANDBOX)")
+	fs.StringVar(&c.Sandbox, "sandbox", env("EXECLAW_SANDBOX", "auto"), "sandbox driver: auto, process, qemu, firecracker or kubernetes (EXECLAW_SANDBOX)")
 	fs.StringVar(&c.Auth, "auth", env("EXECLAW_AUTH", "token"), "authentication: token, none (loopback only) or exedev (EXECLAW_AUTH)")
 	fs.StringVar(&c.Token, "token", env("EXECLAW_TOKEN", ""), "access token for --auth token; generated and stored in the data directory if empty (EXECLAW_TOKEN)")
 	fs.StringVar(&c.Image, "image", env("EXECLAW_IMAGE", "dev"), "guest image VMs boot, as built by `execlaw image build` (EXECLAW_IMAGE)")
@@ -156,6 +160,9 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.TLSCert, "tls-cert", env("EXECLAW_TLS_CERT", ""), "PEM certificate (chain) file: serve HTTPS; needs --tls-key (EXECLAW_TLS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", env("EXECLAW_TLS_KEY", ""), "PEM private key file for --tls-cert (EXECLAW_TLS_KEY)")
 	registerPreviewFlags(fs, &c.Preview, env)
+	if err := registerK8sFlags(fs, &c.K8s, env); err != nil {
+		return c, err
+	}
 	intFlag := func(p *int, name, envName string, def int, help string) error {
 		v, err := strconv.Atoi(env(envName, strconv.Itoa(def)))
 		if err != nil {
@@ -488,28 +495,48 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			log.Error("remove VM networking", "err", err)
 		}
 	}()
-	// Each VMM's cgroup and OOM score, named for this instance too.
-	resources, closeCgroups, err := vmResources(cfg, dataDir, log)
-	if err != nil {
-		return err
+	var (
+		driver sandbox.Driver
+		report detect.Report
+		// k8s is the kubernetes driver; k8sSessions answers it from the
+		// store, once that is open.
+		k8s         *kubernetes.Driver
+		k8sSessions = &storeSessions{}
+	)
+	if cfg.Sandbox == sandboxKubernetes {
+		// Sessions run in the cluster: this host gives them no VM
+		// networking, cgroups or OOM scores.
+		if k8s, report, err = kubernetesDriver(ctx, cfg, dataDir, k8sSessions, log); err != nil {
+			return err
+		}
+		driver = k8s
+	} else {
+		// Each VMM's cgroup and OOM score, named for this instance too.
+		resources, closeCgroups, err := vmResources(cfg, dataDir, log)
+		if err != nil {
+			return err
+		}
+		defer closeCgroups()
+		driver, report, err = detect.Choose(ctx, detect.Options{
+			Requested: cfg.Sandbox, DataDir: dataDir, ImageName: cfg.Image, GuestBin: cfg.GuestBin,
+			Getenv: getenv, Logger: log, Network: hostNet, Firecracker: firecrackerDriver(log, hostNet, resources),
+			Resources: resources,
+		})
+		if err != nil {
+			return err
+		}
+		ownOOMScore(driver.Isolated(), log)
 	}
-	defer closeCgroups()
-	driver, report, err := detect.Choose(ctx, detect.Options{
-		Requested: cfg.Sandbox, DataDir: dataDir, ImageName: cfg.Image, GuestBin: cfg.GuestBin,
-		Getenv: getenv, Logger: log, Network: hostNet, Firecracker: firecrackerDriver(log, hostNet, resources),
-		Resources: resources,
-	})
-	if err != nil {
-		return err
-	}
-	ownOOMScore(driver.Isolated(), log)
 	reason := report.Reason
 	log.Info("sandbox driver chosen", "driver", driver.Name(), "isolated", driver.Isolated(), "why", reason)
+	if cfg.Auth == api.AuthExeDev && !driver.Isolated() && k8s != nil {
+		return errors.New("--auth exedev serves every exe.dev user who can reach the proxy, and the kubernetes sandbox's pods are plain containers on their node's kernel: give --k8s-pod-template a runtimeClassName of a VM or gVisor runtime, or use --auth token for a single user")
+	}
 	if cfg.Auth == api.AuthExeDev && !driver.Isolated() {
 		return fmt.Errorf("--auth exedev serves every exe.dev user who can reach the proxy, and the %s sandbox is not an isolation boundary (agents would run as this server's user, next to each other's files): use --sandbox qemu or firecracker (see execlaw doctor), or --auth token for a single user", driver.Name())
 	}
 	poolNetwork := "full"
-	if driver.Isolated() {
+	if driver.Isolated() && k8s == nil {
 		// Set up VM networking now, and clear what a crashed run left.
 		if err := hostNet.Init(ctx); err != nil {
 			log.Warn("VM networking unavailable: sessions need network none", "err", err)
@@ -524,6 +551,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer st.Close()
+	k8sSessions.st = st
 
 	isExeDev, why := detectExeDev(cfg.ExeDev, os.Hostname)
 	log.Info("platform", "exedev", isExeDev, "why", why)
@@ -590,6 +618,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}, st, driver, log)
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sessions: %w", err)
+	}
+	if k8s != nil {
+		if err := sweepK8s(ctx, k8s, log); err != nil {
+			return err
+		}
 	}
 	met.SetStateSource(mgr.StateCounts)
 	mgr.Start()
@@ -676,7 +709,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintf(stdout, "Access token: %s\n", cfg.Token)
 	}
 	if !driver.Isolated() {
-		fmt.Fprintln(stdout, "WARNING: the process sandbox is NOT an isolation boundary: agents run as this user on this host.")
+		fmt.Fprintln(stdout, notIsolatedWarning(driver.Name()))
 	}
 
 	select {

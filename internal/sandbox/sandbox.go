@@ -77,6 +77,14 @@ type MemoryReserver interface {
 	ReservedMiB(spec Spec) int
 }
 
+// Elsewhere is a driver whose sandboxes run on other machines (a cluster's
+// nodes): their memory is not this host's, so the session manager's memory
+// gate leaves them to the cluster's own admission and scheduling.
+type Elsewhere interface {
+	// RunsElsewhere reports whether sandboxes take none of this host's memory.
+	RunsElsewhere() bool
+}
+
 // Claimable is a Sandbox started ahead of need (a warm pool's) that a
 // session can take: Claim rebinds it to spec's session and directory, into
 // which the caller has already renamed the sandbox's own (it was started

@@ -142,3 +142,29 @@ func TestPerUserLimit(t *testing.T) {
 		t.Fatalf("a fifth session: %v", err)
 	}
 }
+
+// clusterDriver is vmDriver whose sandboxes run on other machines (the
+// Kubernetes driver's pods).
+type clusterDriver struct{ vmDriver }
+
+func (clusterDriver) RunsElsewhere() bool { return true }
+
+// Sandboxes that run elsewhere take none of this host's memory: the gate
+// that refuses a VM here lets a cluster's pod through, while the session
+// limits still hold.
+func TestMemoryGateLeavesClusterSandboxes(t *testing.T) {
+	cfg := Config{MaxSessions: 2, MemoryLimitPercent: 0.01} // no VM fits under 0.01%
+	if err := create(t, newAdmitManager(t, cfg, vmDriver{}), "alice", 256); err == nil || !strings.Contains(err.Error(), "not enough host memory") {
+		t.Fatalf("a VM under a 0.01%% memory limit: %v; want the memory refusal", err)
+	}
+	m := newAdmitManager(t, cfg, clusterDriver{})
+	for range 2 {
+		if err := create(t, m, "alice", 4096); err != nil {
+			t.Fatalf("a pod: %v", err)
+		}
+	}
+	var le *LimitError
+	if err := create(t, m, "alice", 256); !errors.As(err, &le) || !strings.Contains(err.Error(), "at most 2 sessions") {
+		t.Fatalf("a third pod on a server of 2 sessions: %v", err)
+	}
+}

@@ -137,7 +137,9 @@ export class SessionView {
     this.statusModel.textContent = v.model || '';
     const badges = [];
     if (v.isolated === false) {
-      badges.push(h('span', { class: 'badge warn not-isolated', title: `This session runs in the "${v.sandbox || 'process'}" sandbox, which is not an isolation boundary: the agent's commands run on the host as the server's user.` },
+      badges.push(h('span', { class: 'badge warn not-isolated', title: v.sandbox === 'kubernetes'
+        ? 'This session runs in a Kubernetes pod without a VM runtime class: a container on a shared node kernel, not a VM boundary.'
+        : `This session runs in the "${v.sandbox || 'process'}" sandbox, which is not an isolation boundary: the agent's commands run on the host as the server's user.` },
         icon('warn'), 'Not isolated'));
     } else if (v.sandbox) {
       badges.push(h('span', { class: 'badge ok', title: 'Sandbox' }, v.sandbox));
