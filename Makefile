@@ -39,7 +39,7 @@ fmt-check:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/api/
 	$(GO) test -run '^$$' -bench 'CreateToReady|PauseResume|WarmPool|Kernels' -benchtime 5x -timeout 30m ./internal/vmtest/
-	$(GO) test -run '^$$' -bench 'PodStart' -benchtime 5x ./internal/sandbox/kubernetes/; rc=$$?; scripts/k8s-testbed.sh down; exit $$rc
+	$(GO) test -run '^$$' -bench 'PodStart|PodClaim|KwokScale' -benchtime 5x -timeout 30m ./internal/sandbox/kubernetes/; rc=$$?; scripts/k8s-testbed.sh down; exit $$rc
 
 # Pictures of the web UI's main views for the README (headless Chromium, the
 # fake LLM), written to docs/screenshots/.

@@ -38,6 +38,11 @@ func warmPoolSize(c serveConfig, driver sandbox.Driver) int {
 	if c.WarmPool != warmPoolAuto {
 		return c.WarmPool
 	}
+	// A pod kept warm holds a cluster's resources, which the operator
+	// sizes: there the pool is asked for, not assumed.
+	if e, ok := driver.(sandbox.Elsewhere); ok && e.RunsElsewhere() {
+		return 0
+	}
 	if p, ok := driver.(sandbox.Pooling); ok && p.Poolable() && c.MaxSessions > 1 {
 		return 1
 	}

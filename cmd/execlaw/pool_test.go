@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/execlaw/execlaw/internal/sandbox"
 	"github.com/execlaw/execlaw/internal/sandbox/process"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
@@ -56,6 +57,14 @@ func TestWarmPoolForDriver(t *testing.T) {
 	if n := warmPoolSize(c, d); n != 2 {
 		t.Errorf("--warm-pool 2: %d", n)
 	}
+	// A cluster's pods: poolable, but not kept warm unless asked.
+	pods := podsDriver{d}
+	if n := warmPoolSize(serveConfig{WarmPool: warmPoolAuto, MaxSessions: 10}, pods); n != 0 {
+		t.Errorf("auto with a driver whose sandboxes run elsewhere: %d", n)
+	}
+	if n := warmPoolSize(serveConfig{WarmPool: 3, MaxSessions: 10}, pods); n != 3 {
+		t.Errorf("--warm-pool 3 with pods: %d", n)
+	}
 	dir := t.TempDir()
 	for _, p := range []string{"p_1", "p_2", "s_1"} {
 		if err := os.MkdirAll(filepath.Join(dir, "sandboxes", p), 0o700); err != nil {
@@ -75,3 +84,10 @@ func TestWarmPoolForDriver(t *testing.T) {
 		t.Errorf("doctor with a server on the data directory: %+v", f)
 	}
 }
+
+// podsDriver is a driver whose sandboxes can be pooled and run on other
+// machines, as the kubernetes driver's pods.
+type podsDriver struct{ sandbox.Driver }
+
+func (podsDriver) Poolable() bool      { return true }
+func (podsDriver) RunsElsewhere() bool { return true }

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -63,10 +64,12 @@ type Permission struct {
 var Permissions = []Permission{
 	// Watch: Start waits for the pod to run, the sandbox for it to end,
 	// Stop for it to be gone. Get: its log, for a start that failed.
-	{Resource: "pods", Verbs: []string{"create", "get", "list", "watch", "delete"}},
+	// Patch: a pooled pod, its secret and policy are relabelled for the
+	// session that claims them.
+	{Resource: "pods", Verbs: []string{"create", "get", "list", "watch", "patch", "delete"}},
 	{Resource: "pods", Subresource: "log", Verbs: []string{"get"}},
-	{Resource: "secrets", Verbs: []string{"create", "list", "delete"}},
-	{Group: "networking.k8s.io", Resource: "networkpolicies", Verbs: []string{"create", "list", "delete"}},
+	{Resource: "secrets", Verbs: []string{"create", "list", "patch", "delete"}},
+	{Group: "networking.k8s.io", Resource: "networkpolicies", Verbs: []string{"create", "list", "patch", "delete"}},
 	// Get: a resumed session's claim. Watch: until a deleted one is gone.
 	{Resource: "persistentvolumeclaims", Verbs: []string{"create", "get", "list", "watch", "delete"}},
 }
@@ -233,7 +236,7 @@ func (d *Driver) params(ctx context.Context, spec sandbox.Spec) (podParams, erro
 		return podParams{}, err
 	}
 	owner := ""
-	if d.cfg.Sessions != nil {
+	if d.cfg.Sessions != nil && !pooled(spec) {
 		if owner, err = d.cfg.Sessions.Owner(ctx, spec.SessionID); err != nil {
 			// A label is not worth failing a session for.
 			d.log.Warn("the session's owner is unknown", "session", spec.SessionID, "err", err)
@@ -248,6 +251,11 @@ func (d *Driver) params(ctx context.Context, spec sandbox.Spec) (podParams, erro
 	}
 	if !d.cfg.Egress.ClusterDNS && d.cfg.Template.Spec.DNSPolicy != "None" {
 		p.DNS = d.cfg.DNS
+	}
+	if pooled(spec) {
+		if err := poolParams(&p, spec); err != nil {
+			return podParams{}, err
+		}
 	}
 	return p, nil
 }
@@ -301,46 +309,72 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbo
 	if err != nil {
 		return nil, err
 	}
-	if err := d.create(ctx, &made.secret, func() error {
-		_, err := d.cfg.Client.CoreV1().Secrets(p.Namespace).Create(ctx, buildSecret(p, cred.SecretData()), metav1.CreateOptions{})
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("guest secret: %w", err)
-	}
-	// The policy before the pod: the pod never runs a moment without it.
-	if err := d.create(ctx, &made.policy, func() error {
-		_, err := d.cfg.Client.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, buildPolicy(p, d.cfg.Server, d.cfg.Egress, spec.Network), metav1.CreateOptions{})
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("network policy: %w", err)
-	}
-	if d.cfg.Template.Pausable() {
-		if err := d.workspaceClaim(ctx, p, spec.Resume, &made, log); err != nil {
-			return nil, fmt.Errorf("workspace claim: %w", err)
-		}
-	} else if spec.Resume {
-		log.Warn("resuming on an empty workspace: the pod template has no workspace claim, so nothing was kept")
-	}
-	if err := d.create(ctx, &made.pod, func() error {
-		_, err := d.cfg.Client.CoreV1().Pods(p.Namespace).Create(ctx, buildPod(d.cfg.Template, p), metav1.CreateOptions{})
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("pod: %w", err)
-	}
-
-	pod, err := d.waitRunning(ctx, p.Names.Pod, progress)
+	pod, err := d.startPod(ctx, spec, p, cred, &made, progress, log)
 	if err != nil {
 		return nil, err
 	}
-	progress("guest-api")
-	addr := fmt.Sprintf("%s:%d", pod.Status.PodIP, d.cfg.guestPort)
-	conn, err := connectGuest(ctx, addr, cred)
+	conn, err := d.dialGuest(ctx, pod, cred, progress)
 	if err != nil {
-		return nil, d.withPodState(fmt.Errorf("the guest at %s: %w", addr, err), p.Names.Pod)
+		return nil, err
 	}
 	sb := newSandbox(d, spec.SessionID, p.Names, conn, pod)
 	log.Info("pod ready", "node", pod.Spec.NodeName, "ip", pod.Status.PodIP, "took", time.Since(begin).Round(time.Millisecond))
 	return sb, nil
+}
+
+// startPod is Start's part up to the guest: it makes the session's objects
+// (createObjects) and waits until its pod runs (waitRunning). m records
+// what it made, for teardown, whether it fails or not.
+func (d *Driver) startPod(ctx context.Context, spec sandbox.Spec, p podParams, cred guest.PodCredentials, m *made, progress func(string), log *slog.Logger) (*corev1.Pod, error) {
+	if err := d.createObjects(ctx, spec, p, cred, m, log); err != nil {
+		return nil, err
+	}
+	return d.waitRunning(ctx, p.Names.Pod, progress)
+}
+
+// createObjects makes a session's Secret, NetworkPolicy, workspace claim
+// (when the template asks for one; a resumed session's is kept from
+// before) and pod, in that order, marking each in m once made.
+func (d *Driver) createObjects(ctx context.Context, spec sandbox.Spec, p podParams, cred guest.PodCredentials, m *made, log *slog.Logger) error {
+	if err := d.create(ctx, &m.secret, func() error {
+		_, err := d.cfg.Client.CoreV1().Secrets(p.Namespace).Create(ctx, buildSecret(p, cred.SecretData()), metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("guest secret: %w", err)
+	}
+	// The policy before the pod: the pod never runs a moment without it.
+	if err := d.create(ctx, &m.policy, func() error {
+		_, err := d.cfg.Client.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, buildPolicy(p, d.cfg.Server, d.cfg.Egress, spec.Network), metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("network policy: %w", err)
+	}
+	if d.cfg.Template.Pausable() {
+		if err := d.workspaceClaim(ctx, p, spec.Resume, m, log); err != nil {
+			return fmt.Errorf("workspace claim: %w", err)
+		}
+	} else if spec.Resume {
+		log.Warn("resuming on an empty workspace: the pod template has no workspace claim, so nothing was kept")
+	}
+	if err := d.create(ctx, &m.pod, func() error {
+		_, err := d.cfg.Client.CoreV1().Pods(p.Namespace).Create(ctx, buildPod(d.cfg.Template, p), metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("pod: %w", err)
+	}
+	return nil
+}
+
+// dialGuest connects to the guest of a running pod (startPod's), until it
+// answers or ctx ends.
+func (d *Driver) dialGuest(ctx context.Context, pod *corev1.Pod, cred guest.PodCredentials, progress func(string)) (*guestConn, error) {
+	progress("guest-api")
+	addr := fmt.Sprintf("%s:%d", pod.Status.PodIP, d.cfg.guestPort)
+	conn, err := connectGuest(ctx, addr, cred)
+	if err != nil {
+		return nil, d.withPodState(fmt.Errorf("the guest at %s: %w", addr, err), pod.Name)
+	}
+	return conn, nil
 }
 
 // made records what a Start has made, to delete it should it fail.

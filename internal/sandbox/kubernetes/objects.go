@@ -61,6 +61,9 @@ type podParams struct {
 	// Args are the guest's command-line arguments (the image's entrypoint
 	// runs it).
 	Args []string
+	// PooledAs is a pooled sandbox's pool id (see pool.go), "" for a
+	// session's own.
+	PooledAs string
 }
 
 // buildSecret is the Secret holding a session's guest credentials.
@@ -69,7 +72,7 @@ func buildSecret(p podParams, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Names.Secret, Namespace: p.Namespace,
-			Labels:      sessionLabels(p.Instance, p.Session, p.Owner, partSecret),
+			Labels:      p.labels(partSecret),
 			Annotations: map[string]string{AnnotationOwnerID: p.OwnerID},
 		},
 		Type:      corev1.SecretTypeOpaque,
@@ -96,7 +99,7 @@ func buildClaim(t Template, p podParams) *corev1.PersistentVolumeClaim {
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	maps.Copy(labels, sessionLabels(p.Instance, p.Session, p.Owner, partWorkspace))
+	maps.Copy(labels, p.labels(partWorkspace))
 	ann := maps.Clone(t.Workspace.Annotations)
 	if ann == nil {
 		ann = map[string]string{}
@@ -118,7 +121,7 @@ func buildPod(t Template, p podParams) *corev1.Pod {
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	maps.Copy(labels, sessionLabels(p.Instance, p.Session, p.Owner, partGuest))
+	maps.Copy(labels, p.labels(partGuest))
 	ann := maps.Clone(t.Meta.Annotations)
 	if ann == nil {
 		ann = map[string]string{}

@@ -114,13 +114,14 @@ func buildPolicy(p podParams, server ServerPeers, egress Egress, netMode string)
 	np := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Names.Policy, Namespace: p.Namespace,
-			Labels:      sessionLabels(p.Instance, p.Session, p.Owner, partPolicy),
+			Labels:      p.labels(partPolicy),
 			Annotations: map[string]string{AnnotationOwnerID: p.OwnerID},
 		},
 		Spec: networkingv1.NetworkPolicySpec{
-			// The session label alone would do; the instance label keeps
-			// another server's session of the same id out of it.
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{LabelInstance: p.Instance, LabelSession: p.Session}},
+			// The session label (a pooled pod's pool id: see pool.go)
+			// alone would do; the instance label keeps another server's
+			// session of the same id out of it.
+			PodSelector: metav1.LabelSelector{MatchLabels: p.podSelector()},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{
 				From:  from,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -14,7 +15,8 @@ import (
 // Sandbox is one session's pod.
 type Sandbox struct {
 	d     *Driver
-	id    string
+	idMu  sync.Mutex
+	id    string // the session's; a pooled sandbox's pool id until claimed
 	names names
 	node  string
 	conn  *guestConn
@@ -73,7 +75,7 @@ func (s *Sandbox) watch(ctx context.Context, wasReady bool) {
 	if err != nil {
 		reason = "watching the pod failed: " + err.Error()
 	}
-	s.d.log.Warn("sandbox pod ended", "session", s.id, "pod", s.names.Pod, "reason", reason)
+	s.d.log.Warn("sandbox pod ended", "session", s.session(), "pod", s.names.Pod, "reason", reason)
 	s.exit.Exited(fmt.Errorf("kubernetes sandbox: pod %s: %s", s.names.Pod, reason))
 }
 
@@ -92,15 +94,16 @@ func (s *Sandbox) stop() error {
 	s.conn.close()
 	ctx, cancel := context.WithTimeout(context.Background(), s.d.cfg.StopTimeout)
 	defer cancel()
-	m := made{pod: true, secret: true, policy: true, claim: s.d.cfg.Template.Pausable() && s.d.over(ctx, s.id)}
+	id := s.session()
+	m := made{pod: true, secret: true, policy: true, claim: s.d.cfg.Template.Pausable() && s.d.over(ctx, id)}
 	err := s.d.teardown(ctx, s.names, m)
 	s.exit.Exited(errors.New("stopped"))
-	s.d.release(s.id)
+	s.d.release(id)
 	if err != nil {
-		s.d.log.Error("sandbox teardown", "session", s.id, "err", err)
+		s.d.log.Error("sandbox teardown", "session", id, "err", err)
 		return fmt.Errorf("kubernetes sandbox: %w", err)
 	}
-	s.d.log.Info("sandbox stopped", "session", s.id, "pod", s.names.Pod, "claimDeleted", m.claim)
+	s.d.log.Info("sandbox stopped", "session", id, "pod", s.names.Pod, "claimDeleted", m.claim)
 	return nil
 }
 

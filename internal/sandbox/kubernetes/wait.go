@@ -79,6 +79,16 @@ func (d *Driver) waitRunning(ctx context.Context, name string, progress func(str
 	err := d.watchPod(ctx, name, func(pod *corev1.Pod, deleted bool) (bool, error) {
 		if deleted {
 			if pod == nil {
+				// Not in the first listing, which the API server may
+				// serve from its watch cache, behind the create: a
+				// read of its own says whether the pod is there.
+				_, err := d.cfg.Client.CoreV1().Pods(d.cfg.Namespace).Get(ctx, name, metav1.GetOptions{})
+				if err == nil {
+					return false, nil
+				}
+				if !apierrors.IsNotFound(err) {
+					return false, err
+				}
 				return false, errors.New("the pod is gone (deleted by someone else)")
 			}
 			return false, fmt.Errorf("the pod was deleted while it started: %s", exitReason(pod, true, false))
