@@ -194,6 +194,8 @@ func testPodBinary(t *testing.T, attr *syscall.SysProcAttr) {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("orphans not reaped: %q", kids)
+		case err := <-exited:
+			t.Fatalf("the guest exited while its orphan ran: %v\n%s", err, stderr.String())
 		case <-tick.C:
 		}
 	}
@@ -201,16 +203,20 @@ func testPodBinary(t *testing.T, attr *syscall.SysProcAttr) {
 		t.Error("the orphan was never the guest's child")
 	}
 
-	if err := c.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// The guest stops as soon as it has the request, and may be gone
+	// before its answer is out (the client then finds nothing to dial):
+	// what counts is that it got the request and exits, cleanly.
+	shutdownErr := c.Shutdown(ctx)
 	select {
 	case err := <-exited:
 		if err != nil {
 			t.Fatalf("exit: %v\n%s", err, stderr.String())
 		}
 	case <-ctx.Done():
-		t.Fatal("guest did not exit after shutdown")
+		t.Fatalf("guest did not exit after shutdown (%v)", shutdownErr)
+	}
+	if shutdownErr != nil && !strings.Contains(stderr.String(), "shutdown requested") {
+		t.Fatalf("%v\n%s", shutdownErr, stderr.String())
 	}
 	if strings.Contains(stderr.String(), cred.Token) {
 		t.Error("the guest logged the token")
