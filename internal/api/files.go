@@ -147,6 +147,25 @@ func (s *Server) workspaceAt(r *http.Request, needFile bool) (session.Workspace,
 	return ws, rel, nil
 }
 
+// transferSlot takes one of the user's concurrent transfers for a request
+// on a session; release gives it back. A malformed id is 404 before it
+// counts against anything.
+func (s *Server) transferSlot(r *http.Request) (release func(), err error) {
+	if _, err := sessionID(r); err != nil {
+		return nil, err
+	}
+	return s.files.transfer(userFrom(r.Context()).ID)
+}
+
+// queryTurn is transferSlot for listings and changes: the user's rate of
+// them, not a slot.
+func (s *Server) queryTurn(r *http.Request) error {
+	if _, err := sessionID(r); err != nil {
+		return err
+	}
+	return s.files.query(userFrom(r.Context()).ID)
+}
+
 // guestFailure turns what the guest answered into the client's status.
 func guestFailure(err error) error {
 	if ge, ok := errors.AsType[*guest.Error](err); ok {
@@ -173,10 +192,7 @@ func guestFailure(err error) error {
 
 // GET /api/sessions/{id}/files?path=DIR → {"path", "entries", "truncated"?}
 func (s *Server) handleFiles(w http.ResponseWriter, r *http.Request) error {
-	if _, err := sessionID(r); err != nil {
-		return err
-	}
-	if err := s.files.query(userFrom(r.Context()).ID); err != nil {
+	if err := s.queryTurn(r); err != nil {
 		return err
 	}
 	ws, rel, err := s.workspaceAt(r, false)
@@ -201,10 +217,7 @@ func (s *Server) handleFiles(w http.ResponseWriter, r *http.Request) error {
 
 // GET /api/sessions/{id}/files/content?path=FILE → the file's bytes.
 func (s *Server) handleFileDownload(w http.ResponseWriter, r *http.Request) error {
-	if _, err := sessionID(r); err != nil {
-		return err
-	}
-	release, err := s.files.transfer(userFrom(r.Context()).ID)
+	release, err := s.transferSlot(r)
 	if err != nil {
 		return err
 	}
@@ -280,10 +293,7 @@ func (s *Server) uploadFailure(body *countingBody, err error) error {
 
 // PUT /api/sessions/{id}/files/content?path=FILE with the bytes → {"path", "size"}
 func (s *Server) handleFileUpload(w http.ResponseWriter, r *http.Request) error {
-	if _, err := sessionID(r); err != nil {
-		return err
-	}
-	release, err := s.files.transfer(userFrom(r.Context()).ID)
+	release, err := s.transferSlot(r)
 	if err != nil {
 		return err
 	}
@@ -306,10 +316,7 @@ func (s *Server) handleFileUpload(w http.ResponseWriter, r *http.Request) error 
 
 // GET /api/sessions/{id}/workspace.tar.gz → the workspace, streamed.
 func (s *Server) handleWorkspaceTar(w http.ResponseWriter, r *http.Request) error {
-	if _, err := sessionID(r); err != nil {
-		return err
-	}
-	release, err := s.files.transfer(userFrom(r.Context()).ID)
+	release, err := s.transferSlot(r)
 	if err != nil {
 		return err
 	}
@@ -348,13 +355,10 @@ func (s *Server) handleWorkspaceTar(w http.ResponseWriter, r *http.Request) erro
 
 // GET /api/sessions/{id}/changes → workspace.Changes
 func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) error {
-	id, err := sessionID(r)
-	if err != nil {
+	if err := s.queryTurn(r); err != nil {
 		return err
 	}
-	if err := s.files.query(userFrom(r.Context()).ID); err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	if err := sameOriginGet(r); err != nil {
 		return err
 	}
@@ -376,15 +380,12 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) error {
 // unpacked. Only for a session created with "archiveUpload": true, once,
 // before it is ready; the request waits for its sandbox to be up.
 func (s *Server) handleArchiveUpload(w http.ResponseWriter, r *http.Request) error {
-	id, err := sessionID(r)
-	if err != nil {
-		return err
-	}
-	release, err := s.files.transfer(userFrom(r.Context()).ID)
+	release, err := s.transferSlot(r)
 	if err != nil {
 		return err
 	}
 	defer release()
+	id := r.PathValue("id")
 	if _, err := s.sessions.View(r.Context(), userFrom(r.Context()), id); err != nil {
 		return err
 	}
