@@ -461,11 +461,9 @@ func (m *Manager) StateCounts(ctx context.Context) (map[string]int, error) {
 	return counts, nil
 }
 
-// Abandon stops every sandbox and records nothing, leaving each session's
-// files where they are: what a server killed with SIGKILL leaves behind (its
-// sandboxes die with it). Tests use it to play that crash; the manager is
-// unusable afterwards.
-func (m *Manager) Abandon() {
+// shutDown refuses new sessions, stops the reaper and the warm pool, and
+// returns the sessions running now, for Close or Abandon to deal with.
+func (m *Manager) shutDown() []*Session {
 	m.mu.Lock()
 	m.closing = true
 	all := make([]*Session, 0, len(m.sessions))
@@ -478,6 +476,15 @@ func (m *Manager) Abandon() {
 		<-m.reaperDone
 	}
 	m.pool.close()
+	return all
+}
+
+// Abandon stops every sandbox and records nothing, leaving each session's
+// files where they are: what a server killed with SIGKILL leaves behind (its
+// sandboxes die with it). Tests use it to play that crash; the manager is
+// unusable afterwards.
+func (m *Manager) Abandon() {
+	all := m.shutDown()
 	for _, s := range all {
 		s.cancel(errors.New("the server died"))
 		s.mu.Lock()
@@ -492,18 +499,7 @@ func (m *Manager) Abandon() {
 // Close pauses every running session (or ends them, with EndOnClose) and
 // stops the reaper.
 func (m *Manager) Close(ctx context.Context) {
-	m.mu.Lock()
-	m.closing = true
-	all := make([]*Session, 0, len(m.sessions))
-	for _, s := range m.sessions {
-		all = append(all, s)
-	}
-	m.mu.Unlock()
-	if m.stopReaper != nil {
-		m.stopReaper()
-		<-m.reaperDone
-	}
-	m.pool.close()
+	all := m.shutDown()
 	var wg sync.WaitGroup
 	for _, s := range all {
 		wg.Go(func() {
