@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"time"
-
-	"github.com/hashicorp/yamux"
 )
 
 // PodChannel is the host end of a pod guest's control channel: one TLS
@@ -19,13 +16,10 @@ import (
 // SerialChannel's are for a VM. When the session ends (the container
 // restarted) the next Dial connects again.
 type PodChannel struct {
+	muxChannel
 	addr  string
 	tls   *tls.Config
 	hello []byte
-
-	mu   sync.Mutex
-	conn net.Conn
-	sess *yamux.Session
 }
 
 // NewPodChannel returns a channel to the guest at addr (the pod's IP and
@@ -36,7 +30,18 @@ func NewPodChannel(addr string, cred PodCredentials) (*PodChannel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pod credentials: %w", err)
 	}
-	return &PodChannel{addr: addr, tls: cfg, hello: podHelloMessage(cred.Token)}, nil
+	c := &PodChannel{addr: addr, tls: cfg, hello: podHelloMessage(cred.Token)}
+	c.muxChannel = muxChannel{
+		connect: func(ctx context.Context) (net.Conn, error) {
+			conn, err := c.connect(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("guest pod %s: %w", addr, err)
+			}
+			return conn, nil
+		},
+		config: podYamuxConfig,
+	}
+	return c, nil
 }
 
 // DialPod connects to the guest at addr now, proving both ends, and
@@ -72,30 +77,6 @@ func (c *PodChannel) Dial(ctx context.Context) (net.Conn, error) {
 			return nil, fmt.Errorf("guest pod %s: %w", c.addr, err)
 		}
 	}
-}
-
-func (c *PodChannel) session(ctx context.Context) (*yamux.Session, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sess != nil && !c.sess.IsClosed() {
-		return c.sess, nil
-	}
-	if c.conn != nil {
-		c.conn.Close()
-		c.conn, c.sess = nil, nil
-	}
-	conn, err := c.connect(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("guest pod %s: %w", c.addr, err)
-	}
-	cfg := podYamuxConfig()
-	sess, err := yamux.Client(conn, cfg)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	c.conn, c.sess = conn, sess
-	return sess, nil
 }
 
 // connect dials the guest, verifies its certificate and proves the token.
@@ -139,19 +120,4 @@ func (c *PodChannel) connect(ctx context.Context) (net.Conn, error) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, nil
-}
-
-// Close ends the session; streams still open fail.
-func (c *PodChannel) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sess != nil {
-		c.sess.Close()
-	}
-	var err error
-	if c.conn != nil {
-		err = c.conn.Close()
-	}
-	c.conn, c.sess = nil, nil
-	return err
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -16,15 +15,19 @@ import (
 // its end, QEMU leaves what the host sends in the socket, so a request made
 // while the guest boots is answered once it is up.
 type SerialChannel struct {
-	path string
-
-	mu   sync.Mutex
-	conn net.Conn
-	sess *yamux.Session
+	muxChannel
 }
 
 // NewSerialChannel returns a channel to the QEMU chardev socket at path.
-func NewSerialChannel(path string) *SerialChannel { return &SerialChannel{path: path} }
+func NewSerialChannel(path string) *SerialChannel {
+	return &SerialChannel{muxChannel{
+		connect: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		config: serialYamuxConfig,
+	}}
+}
 
 // Dial opens a stream to the guest, connecting first if needed.
 func (c *SerialChannel) Dial(ctx context.Context) (net.Conn, error) {
@@ -35,44 +38,12 @@ func (c *SerialChannel) Dial(ctx context.Context) (net.Conn, error) {
 	return sess.Open()
 }
 
-func (c *SerialChannel) session(ctx context.Context) (*yamux.Session, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sess != nil && !c.sess.IsClosed() {
-		return c.sess, nil
-	}
-	if c.conn != nil {
-		c.conn.Close()
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.path)
-	if err != nil {
-		return nil, err
-	}
+func serialYamuxConfig() *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
 	// A booting guest acknowledges streams only once it is up; each request
 	// carries its own deadline, so the session itself waits as long as needed.
 	cfg.StreamOpenTimeout = 0
 	cfg.ConnectionWriteTimeout = 30 * time.Second
-	sess, err := yamux.Client(conn, cfg)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	c.conn, c.sess = conn, sess
-	return sess, nil
-}
-
-// Close ends the session.
-func (c *SerialChannel) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sess != nil {
-		c.sess.Close()
-	}
-	if c.conn != nil {
-		return c.conn.Close()
-	}
-	return nil
+	return cfg
 }
