@@ -322,6 +322,13 @@ func TestWorkspaceRateBound(t *testing.T) {
 	if limited == 0 {
 		t.Error("100 listings in a row were all answered")
 	}
+	// The ports route asks the sandbox too, out of the same budget.
+	for range 100 {
+		if r := h.Do("GET", "/api/sessions/"+s.ID+"/ports", nil, nil); r.Status == http.StatusTooManyRequests {
+			return
+		}
+	}
+	t.Error("100 port listings in a row were all answered")
 }
 
 // In a workspace that is not a repository, changes are the files added or

@@ -354,10 +354,12 @@ type portView struct {
 }
 
 func (s *Server) handlePorts(w http.ResponseWriter, r *http.Request) error {
-	id, err := sessionID(r)
-	if err != nil {
+	// Each listing asks the sandbox: it spends the user's listings as the
+	// workspace's do.
+	if err := s.queryTurn(r); err != nil {
 		return err
 	}
+	id := r.PathValue("id")
 	user := userFrom(r.Context())
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()

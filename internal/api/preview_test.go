@@ -136,7 +136,7 @@ func previewURLOf(t *testing.T, h *apitest.Harness, id string, port int) string 
 		if time.Now().After(deadline) {
 			t.Fatalf("port %d never listed: %+v", port, a)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // within the listings rate
 	}
 }
 

@@ -146,7 +146,7 @@ func main() {
 		if time.Now().After(deadline.Add(30 * time.Second)) {
 			t.Fatalf("port 3000 never listed: %+v", a)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // within the listings rate
 	}
 	jar, _ := cookiejar.New(nil)
 	client := &http.Client{Jar: jar, Timeout: time.Minute}
