@@ -256,17 +256,11 @@ func buildKernel(ctx context.Context, src kernelSource, fragment, dir string, jo
 	}
 
 	// The configuration: everything off, then the fragment, then checked.
-	if err := runMake(ctx, tree, obj, log, "KCONFIG_ALLCONFIG="+frag, "allnoconfig"); err != nil {
-		return builtKernel{}, failed("make allnoconfig", err)
-	}
-	if err := runMake(ctx, tree, obj, log, "olddefconfig"); err != nil {
-		return builtKernel{}, failed("make olddefconfig", err)
-	}
-	config, err := os.ReadFile(filepath.Join(obj, ".config"))
+	config, err := configureKernel(ctx, tree, obj, frag, log)
 	if err != nil {
-		return builtKernel{}, err
+		return builtKernel{}, failed("configuring", err)
 	}
-	bad, err := verifyKernelConfig(fragment, string(config))
+	bad, err := verifyKernelConfig(fragment, config)
 	if err != nil {
 		return builtKernel{}, err
 	}
@@ -284,16 +278,43 @@ func buildKernel(ctx context.Context, src kernelSource, fragment, dir string, jo
 	}
 	return builtKernel{
 		BzImage: filepath.Join(obj, "arch", "x86", "boot", "bzImage"),
-		Config:  string(config),
+		Config:  config,
 		Objects: pw.count(),
 		Took:    time.Since(start),
 	}, nil
+}
+
+// configureKernel makes the configuration in obj: allnoconfig with the
+// fragment in the file frag, then olddefconfig. It returns the .config.
+func configureKernel(ctx context.Context, tree, obj, frag string, log io.Writer) (string, error) {
+	// make runs in the tree (-C): a relative path, as a relative data
+	// directory gives, would be read from there.
+	frag, err := filepath.Abs(frag)
+	if err != nil {
+		return "", err
+	}
+	if err := runMake(ctx, tree, obj, log, "KCONFIG_ALLCONFIG="+frag, "allnoconfig"); err != nil {
+		return "", fmt.Errorf("make allnoconfig: %w", err)
+	}
+	if err := runMake(ctx, tree, obj, log, "olddefconfig"); err != nil {
+		return "", fmt.Errorf("make olddefconfig: %w", err)
+	}
+	config, err := os.ReadFile(filepath.Join(obj, ".config"))
+	return string(config), err
 }
 
 // runMake runs make in the source tree with its output in obj. The
 // variables that name the build are fixed, so the same inputs make the
 // same kernel wherever it is built.
 func runMake(ctx context.Context, tree, obj string, out io.Writer, args ...string) error {
+	// make -C changes directory before it reads O=.
+	tree, err := filepath.Abs(tree)
+	if err != nil {
+		return err
+	}
+	if obj, err = filepath.Abs(obj); err != nil {
+		return err
+	}
 	argv := append([]string{"-C", tree, "O=" + obj, "ARCH=x86_64", "LOCALVERSION="}, args...)
 	cmd := exec.CommandContext(ctx, "make", argv...)
 	cmd.Env = kernelBuildEnv(os.Environ())

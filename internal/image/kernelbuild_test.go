@@ -204,23 +204,27 @@ func TestGuestKernelConfigApplies(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tar: %v: %s", err, lastLines(out, 5))
 	}
+	// Relative paths, as a relative data directory (setup.sh's ./data)
+	// gives: make runs elsewhere (-C).
+	cwd, _ := os.Getwd()
+	relTo := func(p string) string {
+		r, err := filepath.Rel(cwd, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
 	configure := func(fragment string) string {
 		t.Helper()
 		frag := filepath.Join(dir, "frag.config")
 		os.WriteFile(frag, []byte(fragment), 0o644)
 		os.Remove(filepath.Join(obj, ".config"))
 		var log strings.Builder
-		if err := runMake(context.Background(), tree, obj, &log, "KCONFIG_ALLCONFIG="+frag, "allnoconfig"); err != nil {
-			t.Fatalf("allnoconfig: %v\n%s", err, lastLines([]byte(log.String()), 20))
-		}
-		if err := runMake(context.Background(), tree, obj, &log, "olddefconfig"); err != nil {
-			t.Fatalf("olddefconfig: %v\n%s", err, lastLines([]byte(log.String()), 20))
-		}
-		b, err := os.ReadFile(filepath.Join(obj, ".config"))
+		config, err := configureKernel(context.Background(), relTo(tree), relTo(obj), relTo(frag), &log)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v\n%s", err, lastLines([]byte(log.String()), 20))
 		}
-		return string(b)
+		return config
 	}
 	final := configure(GuestKernelConfig)
 	if bad, err := verifyKernelConfig(GuestKernelConfig, final); err != nil || len(bad) > 0 {
