@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -18,14 +17,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/execlaw/execlaw/internal/agent"
-	"github.com/execlaw/execlaw/internal/agent/builtin"
 	"github.com/execlaw/execlaw/internal/apitest"
 	"github.com/execlaw/execlaw/internal/egress"
-	"github.com/execlaw/execlaw/internal/llm/llmtest"
 	"github.com/execlaw/execlaw/internal/network"
-	"github.com/execlaw/execlaw/internal/sandbox/qemu"
-	"github.com/execlaw/execlaw/internal/sandbox/vm"
 	"github.com/execlaw/execlaw/internal/testutil"
 )
 
@@ -192,22 +186,12 @@ func TestRepoCloneInVM(t *testing.T) {
 // default) trusting ca.
 func newRepoEnv(t *testing.T, tb *network.Testbed, pfx string, ca []byte) *env {
 	t.Helper()
-	cfg := network.Config{NetNSPrefix: pfx + "s-", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")}, HostNSPath: tb.HostNS}
-	e := &env{tb: tb, pfx: pfx, img: testutil.VMImageWithGit(t)}
-	e.net = vm.NewHostNetwork(cfg)
-	if err := e.net.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.net.Close() })
-	d, err := qemu.New(qemu.Config{Image: e.img, Accel: qemu.AccelTCG, Network: e.net})
-	if err != nil {
-		t.Fatal(err)
-	}
 	policy, err := egress.PublicOnly().With(tb.InternetAddr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = apitest.New(t, apitest.Options{Driver: d, MaxSessions: 2, Agents: []agent.Kind{builtin.Kind}, RepoPolicy: policy, RepoCA: ca})
-	e.fake = llmtest.NewAnthropic().Attach(t)
-	return e
+	cfg := network.Config{NetNSPrefix: pfx + "s-", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")}}
+	return newServerWith(t, tb, pfx, cfg, testutil.VMImageWithGit(t), 2, nil, func(o *apitest.Options) {
+		o.RepoPolicy, o.RepoCA = policy, ca
+	})
 }

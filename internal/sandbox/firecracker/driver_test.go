@@ -231,17 +231,35 @@ func waitDone(t *testing.T, sb *Sandbox) {
 	}
 }
 
+// startSandbox starts a sandbox for spec and fails the test if it does not.
+func startSandbox(t *testing.T, d *Driver, spec sandbox.Spec) *Sandbox {
+	t.Helper()
+	s, err := d.Start(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.(*Sandbox)
+}
+
+// startStopped starts a sandbox for spec and stops it again, failing the
+// test if either does not succeed: the session directory then holds what a
+// stopped session leaves.
+func startStopped(t *testing.T, d *Driver, spec sandbox.Spec) *Sandbox {
+	t.Helper()
+	sb := startSandbox(t, d, spec)
+	if err := sb.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
 func TestStartExecStop(t *testing.T) {
 	f := newFake(t, fakeConfig{BootConnects: 3})
 	d := f.driver(nil)
 	spec, phases := newSpec(t, "none")
 	ctx := t.Context()
 
-	s, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb := s.(*Sandbox)
+	sb := startSandbox(t, d, spec)
 	pid := f.pid()
 	if sb.pid != pid {
 		t.Errorf("sandbox pid %d, fake wrote %d", sb.pid, pid)
@@ -325,13 +343,7 @@ func TestRequestsMatchAPISpec(t *testing.T) {
 	d.t.shutdown = 300 * time.Millisecond
 	spec, _ := newSpec(t, "full")
 
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	startStopped(t, d, spec)
 	reqs := f.requests()
 	seen := map[string]bool{}
 	for _, r := range reqs {
@@ -435,11 +447,7 @@ func TestCrash(t *testing.T) {
 	n := &fakeNet{}
 	d := f.driver(func(c *Config) { c.Network = n })
 	spec, _ := newSpec(t, "full")
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb := s.(*Sandbox)
+	sb := startSandbox(t, d, spec)
 	if sb.ExitError() != nil {
 		t.Error("ExitError before exit")
 	}
@@ -447,7 +455,7 @@ func TestCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, sb)
-	err = sb.ExitError()
+	err := sb.ExitError()
 	if err == nil {
 		t.Fatal("no ExitError after a crash")
 	}
@@ -637,11 +645,7 @@ func TestJailer(t *testing.T) {
 		c.JailerArgs = []string{"--cgroup-version", "2"}
 	})
 	spec, _ := newSpec(t, "none")
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb := s.(*Sandbox)
+	sb := startSandbox(t, d, spec)
 	id := vmID(spec.SessionID)
 	base := filepath.Join(spec.Dir, "jail")
 	root := filepath.Join(base, "firecracker", id, "root")

@@ -140,11 +140,7 @@ func TestPauseRestore(t *testing.T) {
 		})
 		spec, _ := newSpec(t, "full")
 		ctx := t.Context()
-		s, err := d.Start(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sb := s.(*Sandbox)
+		sb := startSandbox(t, d, spec)
 		pid := f.pid()
 		if err := sb.Guest().Write(ctx, guest.WriteRequest{Path: "before.txt", Data: []byte("saved")}); err != nil {
 			t.Fatal(err)
@@ -350,11 +346,7 @@ func TestPauseFailsRunsOn(t *testing.T) {
 				d := f.driver(jailerConfig(f, jailed))
 				spec, _ := newSpec(t, "none")
 				ctx := t.Context()
-				s, err := d.Start(ctx, spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				sb := s.(*Sandbox)
+				sb := startSandbox(t, d, spec)
 				defer sb.Stop(ctx)
 				before := dirEntries(t, spec.Dir)
 				snap, err := sb.Pause(ctx)
@@ -416,14 +408,8 @@ func TestPauseNotRunning(t *testing.T) {
 	f := newFake(t, fakeConfig{})
 	d := f.driver(nil)
 	spec, _ := newSpec(t, "none")
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.(*Sandbox).Pause(t.Context()); err == nil {
+	sb := startStopped(t, d, spec)
+	if _, err := sb.Pause(t.Context()); err == nil {
 		t.Error("a stopped sandbox paused")
 	}
 	if _, ok, _ := sandbox.ReadSnapshot(spec.Dir); ok {
@@ -434,11 +420,7 @@ func TestPauseNotRunning(t *testing.T) {
 // pausedSandbox starts a sandbox and pauses it.
 func pausedSandbox(t *testing.T, f *fakeEnv, d *Driver, spec sandbox.Spec) (sandbox.Snapshot, int) {
 	t.Helper()
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := s.(*Sandbox).Pause(t.Context())
+	snap, err := startSandbox(t, d, spec).Pause(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -631,13 +613,7 @@ func TestStartResume(t *testing.T) {
 		d := f.driver(jailerConfig(f, jailed))
 		spec, _ := newSpec(t, "none")
 		ctx := t.Context()
-		s, err := d.Start(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Stop(ctx); err != nil {
-			t.Fatal(err)
-		}
+		startStopped(t, d, spec)
 		disk := filepath.Join(spec.Dir, diskName)
 		marker := []byte("written by the guest before the restart")
 		fh, err := os.OpenFile(disk, os.O_WRONLY, 0)
@@ -668,7 +644,7 @@ func TestStartResume(t *testing.T) {
 		}
 
 		spec.Resume = true
-		s, err = d.Start(ctx, spec)
+		s, err := d.Start(ctx, spec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -733,13 +709,7 @@ func TestStartResumeFailsKeepsDisk(t *testing.T) {
 	f := newFake(t, fakeConfig{})
 	d := f.driver(nil)
 	spec, _ := newSpec(t, "none")
-	s, err := d.Start(t.Context(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	startStopped(t, d, spec)
 	diskInfo, _ := os.Stat(filepath.Join(spec.Dir, diskName))
 	cfg := f.cfg
 	cfg.FaultPath, cfg.Fault = "/drives/rw", "Unable to open the block device"
