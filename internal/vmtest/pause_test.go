@@ -42,16 +42,22 @@ func qemuPID(t *testing.T, e *env, id string) int {
 	return pids[0]
 }
 
-// checkClock fails when the guest's clock (date +%s.%N output) is more than
-// two seconds off the host's.
-func checkClock(t *testing.T, out string) {
+// checkClock fails when the guest's clock (date +%s.%N output, read
+// between the host times before and after) is more than two seconds off
+// the host's: outside [before-2s, after+2s]. The window, not the time of
+// the check, since a tool call under load can take seconds.
+func checkClock(t *testing.T, out string, before, after time.Time) {
 	t.Helper()
 	guest, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
 	if err != nil {
 		t.Fatalf("guest date: %q", out)
 	}
-	if skew := time.Since(time.Unix(0, int64(guest*1e9))); skew > 2*time.Second || skew < -2*time.Second {
-		t.Errorf("the guest's clock is %s off the host's", skew.Round(time.Millisecond))
+	g := time.Unix(0, int64(guest*1e9))
+	if ahead := g.Sub(after); ahead > 2*time.Second {
+		t.Errorf("the guest's clock is %s ahead of the host's", ahead.Round(time.Millisecond))
+	}
+	if behind := before.Sub(g); behind > 2*time.Second {
+		t.Errorf("the guest's clock is %s behind the host's", behind.Round(time.Millisecond))
 	}
 }
 
@@ -93,13 +99,14 @@ func TestPauseResumeVM(t *testing.T) {
 	t.Logf("pause took %s; QEMU held %d MiB, freed; the snapshot is %d MiB", pauseTook.Round(time.Millisecond), rss>>20, int64(snapBytes)>>20)
 
 	time.Sleep(3 * time.Second) // time passes while it is paused: the clock must catch up
+	before := time.Now()
 	out := e.bash(t, id, "cat /workspace/kept.txt; kill -0 "+sleeper+" && echo alive; "+
 		probe(e.tb.InternetAddr.String(), inetPort)+"; date +%s.%N")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 4 || lines[0] != "kept" || lines[1] != "alive" || lines[2] != "open" {
 		t.Fatalf("after resume: %q", out)
 	}
-	checkClock(t, lines[3])
+	checkClock(t, lines[3], before, time.Now())
 	all := e.h.Stream(id, "")
 	defer all.Close()
 	resumed := all.WaitType(t, apitest.Wait, event.Resumed, 1)

@@ -88,11 +88,15 @@ func (e *env) fromPool(t *testing.T, id string) bool {
 // guestFacts are what a claim must make a session's own.
 type guestFacts struct {
 	hostname, ip, bootID, random, clock string
+	// before and after are the host's time around the tool call.
+	before, after time.Time
 }
 
 func (e *env) facts(t *testing.T, id string) guestFacts {
 	t.Helper()
+	before := time.Now()
 	out := e.bash(t, id, "hostname; hostname -I; cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s.%N")
+	after := time.Now()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 5 {
 		t.Fatalf("guest facts: %q", out)
@@ -100,7 +104,7 @@ func (e *env) facts(t *testing.T, id string) guestFacts {
 	for i := range lines {
 		lines[i] = strings.TrimSpace(lines[i])
 	}
-	return guestFacts{hostname: lines[0], ip: lines[1], bootID: lines[2], random: lines[3], clock: lines[4]}
+	return guestFacts{hostname: lines[0], ip: lines[1], bootID: lines[2], random: lines[3], clock: lines[4], before: before, after: after}
 }
 
 // Sessions of the default size start from the pool: each claimed VM gets
@@ -125,8 +129,8 @@ func TestWarmPool(t *testing.T) {
 		t.Errorf("pool after two sessions: %+v, want 2 hits and no misses", p)
 	}
 	fa, fb := e.facts(t, a), e.facts(t, b)
-	checkClock(t, fa.clock)
-	checkClock(t, fb.clock)
+	checkClock(t, fa.clock, fa.before, fa.after)
+	checkClock(t, fb.clock, fb.before, fb.after)
 	for id, f := range map[string]guestFacts{a: fa, b: fb} {
 		if want := "execlaw-" + strings.TrimPrefix(id, "s_")[:12]; f.hostname != want {
 			t.Errorf("session %s's host name is %q, want %q", id, f.hostname, want)

@@ -276,11 +276,6 @@ func (d *Driver) launch(ctx context.Context, spec sandbox.Spec, from *restoring)
 // rwDiskName is the session's writable disk, in the sandbox directory.
 const rwDiskName = "rw.ext4"
 
-// tcgTiming tells the guest kernel its TSC rate and loop calibration up
-// front: under TCG, calibrating them against the emulated timers can take
-// very long (and on microvm, without a PIT, hang).
-const tcgTiming = "tsc_early_khz=2000000 lpj=8000000"
-
 // ctlSockName is the virtio-serial control channel's socket, in the sandbox
 // directory; ctlPortID is its port's device id in QEMU.
 const (
@@ -299,7 +294,7 @@ func (d *Driver) command(spec sandbox.Spec, boot guest.BootConfig, net vm.NetAtt
 	append_ := "console=ttyS0 quiet panic=-1 reboot=t pci=off " + kargs
 	cpu, accel := "host", d.cfg.Accel
 	if d.cfg.Accel == AccelTCG {
-		append_ += " " + tcgTiming
+		append_ += " " + tcgTiming()
 		cpu = "max"
 		// TCG's translation cache defaults to 1 GiB per VM; a small one keeps an
 		// idle VM's memory near what the guest uses, at no boot-time cost.
