@@ -3,11 +3,21 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/execlaw/execlaw/internal/version.Version=$(VERSION)
 
-.PHONY: build test vet fmt-check bench fuzz run clean screenshots vendor-web install
+.PHONY: build test vet fmt-check bench fuzz run clean screenshots vendor-web install server-image
 
+# Both static (CGO_ENABLED=0): nothing needs cgo, and execlaw then runs in
+# the server image, which has no libc.
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw ./cmd/execlaw
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/execlaw-guest ./cmd/execlaw-guest
+
+# The server's own image for deploy/kubernetes, as an OCI image archive:
+# bin/execlaw, CA certificates and a user, nothing else. Load it on the
+# nodes (ctr -n k8s.io images import, podman load, docker load) or push
+# it, and name it in deploy/kubernetes/deployment.yaml.
+SERVER_IMAGE ?= execlaw:$(VERSION)
+server-image: build
+	bin/execlaw image server --oci bin/execlaw-server.oci.tar --oci-tag $(SERVER_IMAGE)
 
 # The Kubernetes test cluster's binaries are compiled first (once: about 13
 # minutes on two cores, then cached in /var/tmp/execlaw-k8s) so that no test

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -14,19 +15,25 @@ import (
 	"github.com/execlaw/execlaw/internal/version"
 )
 
-const imageUsage = `Usage: execlaw image <build|list|verify|prune> [flags]
+const imageUsage = `Usage: execlaw image <build|list|verify|prune|server> [flags]
 
   build    build or update a guest image (kernel, initramfs, root filesystem);
            with --oci FILE, also write it as an OCI image archive for pods
   list     show the images built, with their versions and sizes
   verify   rehash every file of every image against its manifest
   prune    delete files no image refers to any more
+  server   write the server's own image, this execlaw (static) with CA
+           certificates, as an OCI image archive: --oci FILE [--oci-tag REF]
+           [--binary PATH], for deploy/kubernetes
 `
 
 func imageCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, imageUsage)
 		return errors.New("no image command given")
+	}
+	if args[0] == "server" { // it has no data directory
+		return imageServer(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("execlaw image "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -97,8 +104,12 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return fmt.Errorf("--oci: %w", err)
 		}
-		fmt.Fprintf(stdout, "  load it with `ctr -n k8s.io images import %s` (a cluster node), `podman load -i %[1]s` or `docker load -i %[1]s`;\n"+
-			"  a pod names it %s, with imagePullPolicy: Never or IfNotPresent\n", img.Path, img.Ref)
+		printLoad(stdout, img)
+		fmt.Fprintf(stdout, "  a pod names it %s, with imagePullPolicy: Never or IfNotPresent\n", img.Ref)
+		if agents := m.AgentNames(); len(agents) > 0 {
+			fmt.Fprintf(stdout, "  it carries %s: serve --sandbox kubernetes --k8s-image-agents %s offers them\n",
+				strings.Join(agents, ", "), strings.Join(agents, ","))
+		}
 		return nil
 	case "list", "verify", "prune":
 		if err := fs.Parse(args[1:]); err != nil {
@@ -142,6 +153,53 @@ func imageCmd(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	fmt.Fprint(stderr, imageUsage)
 	return fmt.Errorf("unknown image command %q", args[0])
+}
+
+// imageServer writes the server's image: the binary deploy/kubernetes runs.
+func imageServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("execlaw image server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ociPath := fs.String("oci", "", "the OCI image archive to write (ctr -n k8s.io images import, podman load, docker load)")
+	ociTag := fs.String("oci-tag", "", "the image's name (default "+image.OCIServerRepository+":<short hash>; "+
+		"a name without a tag gets the short hash)")
+	binary := fs.String("binary", "", "the execlaw to put in it, built with CGO_ENABLED=0 (default: this one)")
+	caCerts := fs.String("ca-certs", image.DefaultCACerts, "PEM CA certificates the server in it trusts (model APIs, git hosts)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *ociPath == "" {
+		return errors.New("--oci FILE is required: the archive to write")
+	}
+	if err := image.CheckOCIPath(*ociPath); err != nil {
+		return fmt.Errorf("--oci: %w", err)
+	}
+	if err := image.CheckOCIRef(*ociTag); err != nil {
+		return fmt.Errorf("--oci-tag: %w", err)
+	}
+	o := image.ServerOCIOptions{Path: *ociPath, Ref: *ociTag, Binary: *binary, CACerts: *caCerts, Out: stdout}
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("finding this execlaw (give --binary): %w", err)
+		}
+		// Another binary's version is read from its build info.
+		o.Binary, o.Version = exe, version.String()
+	}
+	img, err := image.WriteServerOCI(ctx, o)
+	if err != nil {
+		return err
+	}
+	printLoad(stdout, img)
+	fmt.Fprintf(stdout, "  or push it where the nodes pull from; deploy/kubernetes/deployment.yaml then runs image: %s\n", img.Ref)
+	return nil
+}
+
+// printLoad says how to load an archive into a node's container runtime.
+func printLoad(w io.Writer, img image.OCIImage) {
+	fmt.Fprintf(w, "  load it with `ctr -n k8s.io images import %s` (a cluster node), `podman load -i %[1]s` or `docker load -i %[1]s`;\n", img.Path)
 }
 
 func printManifest(w io.Writer, m image.Manifest) {

@@ -30,7 +30,7 @@ const usage = `Usage: execlaw <command> [flags]
 
 Commands:
   serve     run the server (execlaw serve --help for its flags)
-  image     build, list and verify guest images (execlaw image for details)
+  image     build, list and verify guest images; the server's image (execlaw image)
   doctor    show which sandbox this host can run, and why
   keystore  keystore init PATH: make a key file for --key-store file:PATH
   version   print the version

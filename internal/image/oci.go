@@ -101,9 +101,10 @@ func CheckOCIPath(path string) error {
 	return os.Remove(f.Name())
 }
 
-// CheckOCIRef reports why ref cannot name an image (see OCIOptions.Ref).
+// CheckOCIRef reports why ref cannot name an image (see OCIOptions.Ref and
+// ServerOCIOptions.Ref).
 func CheckOCIRef(ref string) error {
-	_, err := ociRef(ref)
+	_, err := ociRef(ref, OCIRepository)
 	return err
 }
 
@@ -114,10 +115,11 @@ type ociName struct {
 	tag   string // "" when none was given: the short hash will be
 }
 
-// ociRef parses a reference to tag the image with.
-func ociRef(ref string) (ociName, error) {
+// ociRef parses a reference to tag the image with; an empty one is repo,
+// to be tagged with the short hash.
+func ociRef(ref, repo string) (ociName, error) {
 	if ref == "" {
-		ref = OCIRepository
+		ref = repo
 	}
 	if strings.Contains(ref, "@") {
 		return ociName{}, fmt.Errorf("image reference %q: a digest cannot be given, only a name and a tag", ref)
@@ -176,7 +178,7 @@ func (s *Store) WriteOCI(ctx context.Context, m Manifest, o OCIOptions) (OCIImag
 	if err := CheckOCIPath(o.Path); err != nil {
 		return OCIImage{}, err
 	}
-	ref, err := ociRef(o.Ref)
+	ref, err := ociRef(o.Ref, OCIRepository)
 	if err != nil {
 		return OCIImage{}, err
 	}
@@ -197,64 +199,18 @@ func (s *Store) WriteOCI(ctx context.Context, m Manifest, o OCIOptions) (OCIImag
 		return OCIImage{}, fmt.Errorf("image %q: root filesystem: %w", m.Name, err)
 	}
 
-	// The layer's size goes in its tar header in the archive before its
-	// bytes, so it is written to a file next to the archive first.
-	dir := filepath.Dir(o.Path)
-	tmp, err := os.CreateTemp(dir, ".execlaw-oci-layer-*")
-	if err != nil {
-		return OCIImage{}, err
-	}
-	defer func() {
-		tmp.Close()
-		os.Remove(tmp.Name())
-	}()
-	start := time.Now()
-	fmt.Fprintf(o.Out, "oci: layer from %s's root filesystem (%s ext4, sha256:%s) and %s\n",
-		m.Name, mib(m.Rootfs.Size), short(m.Rootfs.SHA256), o.GuestBinary)
-	layer, err := writeLayer(ctx, fs, tmp, o.GuestBinary, fs.created, func(l layerStats) {
-		fmt.Fprintf(o.Out, "      oci: %d entries, %s of tar written, %s\n", l.Entries, mib(l.TarSize), time.Since(start).Round(time.Second))
-	})
-	if err != nil {
-		return OCIImage{}, fmt.Errorf("OCI layer: %w", err)
-	}
-	skipped := ""
-	if layer.Skipped > 0 {
-		skipped = fmt.Sprintf(" (%d device nodes and sockets left out)", layer.Skipped)
-	}
-	fmt.Fprintf(o.Out, "oci: layer %d entries, %s of tar, %s gzip'd in %s%s\n",
-		layer.Entries, mib(layer.TarSize), mib(layer.Size), time.Since(start).Round(100*time.Millisecond), skipped)
-
-	img, files, err := ociDocuments(m, o.Version, guestSum, layer, fs.created, ref)
-	if err != nil {
-		return OCIImage{}, err
-	}
-	img.Path = o.Path
-	if img.Size, err = writeOCIArchive(o.Path, fs.created, tmp, layer, files); err != nil {
-		return OCIImage{}, err
-	}
-	fmt.Fprintf(o.Out, "oci: %s: %s (%s), %s in %s\n", o.Path, img.Ref, img.Name, mib(img.Size), time.Since(start).Round(100*time.Millisecond))
-	return img, nil
-}
-
-// ociDocuments makes the archive's JSON files for the layer: the config,
-// the manifest, the index and Docker's manifest.json. Their time is
-// created, when mkfs made the root filesystem, so that they are the same
-// each time for the same image (the build time is not).
-func ociDocuments(m Manifest, version, guestSum string, layer layerStats, created time.Time, ref ociName) (OCIImage, []archiveFile, error) {
-	arch := m.Arch
-	if arch == "" {
-		arch = "amd64" // the only one images are built for
-	}
-	when := created.Format(time.RFC3339)
-	config, err := json.Marshal(ociConfig{
-		Created: when, Architecture: arch, OS: "linux",
-		Config: ociRunConfig{
+	// The documents' time is when mkfs made the root filesystem: the same
+	// each time for the same image (the build time is not).
+	spec := ociSpec{
+		arch: m.Arch, created: fs.created, ref: ref,
+		history: fmt.Sprintf("execlaw image build --oci (%s %s, execlaw %s)", m.Distro, m.Profile, o.Version),
+		run: ociRunConfig{
 			Entrypoint:   []string{OCIGuestPath, "--pod"},
 			Env:          []string{ociPath},
 			WorkingDir:   "/workspace",
 			ExposedPorts: map[string]struct{}{fmt.Sprintf("%d/tcp", OCIPodPort): {}},
 			Labels: map[string]string{
-				"io.execlaw.version":          version,
+				"io.execlaw.version":          o.Version,
 				"io.execlaw.image":            m.Name,
 				"io.execlaw.profile":          m.Profile,
 				"io.execlaw.distro":           m.Distro,
@@ -262,16 +218,94 @@ func ociDocuments(m Manifest, version, guestSum string, layer layerStats, create
 				"io.execlaw.initramfs.sha256": m.Initramfs.SHA256,
 				"io.execlaw.rootfs.sha256":    m.Rootfs.SHA256,
 				"io.execlaw.guest.sha256":     guestSum,
+				"io.execlaw.agents":           strings.Join(m.AgentNames(), ","),
 			},
 		},
-		RootFS: ociRootFS{Type: "layers", DiffIDs: []string{layer.DiffID}},
-		History: []ociHistory{{Created: when, CreatedBy: fmt.Sprintf("execlaw image build --oci (%s %s, execlaw %s)",
-			m.Distro, m.Profile, version)}},
+	}
+	start := time.Now()
+	fmt.Fprintf(o.Out, "oci: layer from %s's root filesystem (%s ext4, sha256:%s) and %s\n",
+		m.Name, mib(m.Rootfs.Size), short(m.Rootfs.SHA256), o.GuestBinary)
+	img, err := writeOCIFile(o.Path, spec, func(out io.Writer) (layerStats, error) {
+		layer, err := writeLayer(ctx, fs, out, o.GuestBinary, fs.created, func(l layerStats) {
+			fmt.Fprintf(o.Out, "      oci: %d entries, %s of tar written, %s\n", l.Entries, mib(l.TarSize), time.Since(start).Round(time.Second))
+		})
+		if err != nil {
+			return layerStats{}, err
+		}
+		skipped := ""
+		if layer.Skipped > 0 {
+			skipped = fmt.Sprintf(" (%d device nodes and sockets left out)", layer.Skipped)
+		}
+		fmt.Fprintf(o.Out, "oci: layer %d entries, %s of tar, %s gzip'd in %s%s\n",
+			layer.Entries, mib(layer.TarSize), mib(layer.Size), time.Since(start).Round(100*time.Millisecond), skipped)
+		return layer, nil
+	})
+	if err != nil {
+		return OCIImage{}, err
+	}
+	fmt.Fprintf(o.Out, "oci: %s: %s (%s), %s in %s\n", o.Path, img.Ref, img.Name, mib(img.Size), time.Since(start).Round(100*time.Millisecond))
+	return img, nil
+}
+
+// writeOCIFile writes, at path, the archive of the image spec describes,
+// whose one layer makeLayer writes. The layer's size goes in its tar header
+// in the archive before its bytes, so it is written to a file next to the
+// archive first.
+func writeOCIFile(path string, spec ociSpec, makeLayer func(io.Writer) (layerStats, error)) (OCIImage, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".execlaw-oci-layer-*")
+	if err != nil {
+		return OCIImage{}, err
+	}
+	defer func() {
+		tmp.Close()
+		os.Remove(tmp.Name())
+	}()
+	layer, err := makeLayer(tmp)
+	if err != nil {
+		return OCIImage{}, fmt.Errorf("OCI layer: %w", err)
+	}
+	img, files, err := ociDocuments(spec, layer)
+	if err != nil {
+		return OCIImage{}, err
+	}
+	img.Path = path
+	if img.Size, err = writeOCIArchive(path, spec.created, tmp, layer, files); err != nil {
+		return OCIImage{}, err
+	}
+	return img, nil
+}
+
+// ociSpec is what an image's documents say besides its layer: the guest's
+// and the server's differ only in it.
+type ociSpec struct {
+	arch    string // GOARCH's name; default amd64
+	run     ociRunConfig
+	history string // what made the layer, for `docker history`
+	// created is the documents' time. It must not be the time of writing,
+	// so that the same inputs give the same archive.
+	created time.Time
+	ref     ociName
+}
+
+// ociDocuments makes the archive's JSON files for the layer: the config,
+// the manifest, the index and Docker's manifest.json.
+func ociDocuments(spec ociSpec, layer layerStats) (OCIImage, []archiveFile, error) {
+	arch := spec.arch
+	if arch == "" {
+		arch = "amd64" // the only one guest images are built for
+	}
+	when := spec.created.Format(time.RFC3339)
+	config, err := json.Marshal(ociConfig{
+		Created: when, Architecture: arch, OS: "linux",
+		Config:  spec.run,
+		RootFS:  ociRootFS{Type: "layers", DiffIDs: []string{layer.DiffID}},
+		History: []ociHistory{{Created: when, CreatedBy: spec.history}},
 	})
 	if err != nil {
 		return OCIImage{}, nil, err
 	}
 	configDigest := sha256Digest(config)
+	ref := spec.ref
 	if ref.tag == "" {
 		ref.tag = strings.TrimPrefix(configDigest, "sha256:")[:12]
 	}
@@ -340,19 +374,12 @@ func writeOCIArchive(path string, mtime time.Time, layerFile *os.File, layer lay
 		os.Remove(f.Name()) // fails harmlessly once renamed
 	}()
 	tw := tar.NewWriter(f)
-	hdr := func(name string, size int64, dir bool) *tar.Header {
-		h := &tar.Header{Name: name, Size: size, Mode: 0o644, ModTime: mtime, Typeflag: tar.TypeReg}
-		if dir {
-			h.Mode, h.Typeflag = 0o755, tar.TypeDir
-		}
-		return h
-	}
 	for _, d := range []string{"blobs/", "blobs/sha256/"} {
-		if err := tw.WriteHeader(hdr(d, 0, true)); err != nil {
+		if err := tw.WriteHeader(tarHeader(d, 0, 0o755, mtime)); err != nil {
 			return 0, err
 		}
 	}
-	if err := tw.WriteHeader(hdr(blobPath(layer.Digest), layer.Size, false)); err != nil {
+	if err := tw.WriteHeader(tarHeader(blobPath(layer.Digest), layer.Size, 0o644, mtime)); err != nil {
 		return 0, err
 	}
 	if _, err := layerFile.Seek(0, io.SeekStart); err != nil {
@@ -362,7 +389,7 @@ func writeOCIArchive(path string, mtime time.Time, layerFile *os.File, layer lay
 		return 0, fmt.Errorf("copying the layer into the archive: %d of %d bytes: %v", n, layer.Size, err)
 	}
 	for _, af := range files {
-		if err := tw.WriteHeader(hdr(af.name, int64(len(af.data)), false)); err != nil {
+		if err := tw.WriteHeader(tarHeader(af.name, int64(len(af.data)), 0o644, mtime)); err != nil {
 			return 0, err
 		}
 		if _, err := tw.Write(af.data); err != nil {
@@ -386,6 +413,16 @@ func writeOCIArchive(path string, mtime time.Time, layerFile *os.File, layer lay
 		return 0, err
 	}
 	return size, os.Rename(f.Name(), path)
+}
+
+// tarHeader is a header for a file of size bytes, or for a directory when
+// name ends in a slash, owned by root.
+func tarHeader(name string, size, mode int64, mtime time.Time) *tar.Header {
+	h := &tar.Header{Name: name, Size: size, Mode: mode, ModTime: mtime, Typeflag: tar.TypeReg}
+	if strings.HasSuffix(name, "/") {
+		h.Typeflag = tar.TypeDir
+	}
+	return h
 }
 
 // The JSON documents, with only the fields written (the OCI image spec's
@@ -427,8 +464,12 @@ type ociConfig struct {
 	History      []ociHistory `json:"history"`
 }
 
+// User and Cmd are left out when empty, as the guest's config always was:
+// adding them changed no guest image's digest.
 type ociRunConfig struct {
+	User         string              `json:"User,omitempty"`
 	Entrypoint   []string            `json:"Entrypoint"`
+	Cmd          []string            `json:"Cmd,omitempty"`
 	Env          []string            `json:"Env"`
 	WorkingDir   string              `json:"WorkingDir"`
 	ExposedPorts map[string]struct{} `json:"ExposedPorts"`

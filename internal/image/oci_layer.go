@@ -40,19 +40,16 @@ const progressEvery = 2 * time.Second
 // inodes' (the guest's: root, 0755 and mtime), so the same file system and
 // guest give the same bytes.
 func writeLayer(ctx context.Context, fs *ext4FS, out io.Writer, guest string, mtime time.Time, progress func(layerStats)) (layerStats, error) {
-	gzHash := &countingHash{h: sha256.New()}
-	tarHash := &countingHash{h: sha256.New()}
-	bw := bufio.NewWriterSize(out, 1<<20)
-	gz, err := gzip.NewWriterLevel(io.MultiWriter(bw, gzHash), ociLayerLevel)
+	lw, err := newLayerWriter(out)
 	if err != nil {
 		return layerStats{}, err
 	}
 	dir, base := path.Split(strings.TrimPrefix(OCIGuestPath, "/"))
 	w := &layerWalker{
-		ctx: ctx, fs: fs, tw: tar.NewWriter(io.MultiWriter(gz, tarHash)),
+		ctx: ctx, fs: fs, tw: lw.tw,
 		links: map[uint32]string{}, dirs: map[uint32]bool{},
 		extra:    map[string]layerExtra{strings.TrimSuffix(dir, "/"): {name: base, src: guest, mtime: mtime}},
-		progress: progress, lastReport: time.Now(), tarHash: tarHash,
+		progress: progress, lastReport: time.Now(), tarHash: lw.tarHash,
 		buf: make([]byte, 1<<20),
 	}
 	root, err := fs.inode(ext4RootInode)
@@ -65,18 +62,50 @@ func writeLayer(ctx context.Context, fs *ext4FS, out io.Writer, guest string, mt
 	for d := range w.extra {
 		return layerStats{}, fmt.Errorf("the root filesystem has no directory /%s to put execlaw-guest in", d)
 	}
-	if err := w.tw.Close(); err != nil {
+	sums, err := lw.close()
+	if err != nil {
 		return layerStats{}, err
 	}
-	if err := gz.Close(); err != nil {
+	sums.Entries, sums.Skipped = w.stats.Entries, w.stats.Skipped
+	return sums, nil
+}
+
+// layerWriter writes a layer, a gzip'd tar, hashing both the tar (the
+// config's diff ID) and the gzip (the blob's digest) as it goes.
+type layerWriter struct {
+	tw      *tar.Writer
+	gz      *gzip.Writer
+	bw      *bufio.Writer
+	gzHash  *countingHash
+	tarHash *countingHash
+}
+
+func newLayerWriter(out io.Writer) (*layerWriter, error) {
+	lw := &layerWriter{gzHash: &countingHash{h: sha256.New()}, tarHash: &countingHash{h: sha256.New()}}
+	lw.bw = bufio.NewWriterSize(out, 1<<20)
+	var err error
+	if lw.gz, err = gzip.NewWriterLevel(io.MultiWriter(lw.bw, lw.gzHash), ociLayerLevel); err != nil {
+		return nil, err
+	}
+	lw.tw = tar.NewWriter(io.MultiWriter(lw.gz, lw.tarHash))
+	return lw, nil
+}
+
+// close ends the tar and the gzip and returns their digests and sizes.
+func (lw *layerWriter) close() (layerStats, error) {
+	if err := lw.tw.Close(); err != nil {
 		return layerStats{}, err
 	}
-	if err := bw.Flush(); err != nil {
+	if err := lw.gz.Close(); err != nil {
 		return layerStats{}, err
 	}
-	w.stats.Digest, w.stats.Size = gzHash.digest(), gzHash.n
-	w.stats.DiffID, w.stats.TarSize = tarHash.digest(), tarHash.n
-	return w.stats, nil
+	if err := lw.bw.Flush(); err != nil {
+		return layerStats{}, err
+	}
+	return layerStats{
+		Digest: lw.gzHash.digest(), Size: lw.gzHash.n,
+		DiffID: lw.tarHash.digest(), TarSize: lw.tarHash.n,
+	}, nil
 }
 
 // layerExtra is a host file the layer adds to a directory of the tree.

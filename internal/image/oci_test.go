@@ -63,18 +63,7 @@ func TestOCIArchiveFromTestImage(t *testing.T) {
 	if !strings.Contains(progress.String(), "oci: layer ") || !strings.Contains(progress.String(), archive) {
 		t.Errorf("progress does not report the layer and the archive:\n%s", progress.String())
 	}
-	if fi, err := os.Stat(archive); err != nil || fi.Size() != img.Size {
-		t.Fatalf("archive: %v, size %v, WriteOCI says %d", err, fi, img.Size)
-	}
-	wantRef := "execlaw-guest:" + strings.TrimPrefix(img.ConfigDigest, "sha256:")[:12]
-	if img.Ref != wantRef || img.Name != "docker.io/library/"+wantRef {
-		t.Errorf("ref %q, name %q; want %q and docker.io/library/%[3]s", img.Ref, img.Name, wantRef)
-	}
-	if left, _ := filepath.Glob(filepath.Join(out, ".execlaw-oci*")); len(left) > 0 {
-		t.Errorf("temporary files left behind: %v", left)
-	}
-
-	ociImg := readOCILayout(t, archive, img)
+	ociImg := checkWritten(t, archive, img, "execlaw-guest")
 	t.Run("config", func(t *testing.T) {
 		cf, err := ociImg.ConfigFile()
 		if err != nil {
@@ -94,7 +83,7 @@ func TestOCIArchiveFromTestImage(t *testing.T) {
 		for k, v := range map[string]string{
 			"io.execlaw.version": "test", "io.execlaw.image": "minimal", "io.execlaw.profile": "minimal",
 			"io.execlaw.rootfs.sha256": m.Rootfs.SHA256, "io.execlaw.initramfs.sha256": m.Initramfs.SHA256,
-			"io.execlaw.kernel.sha256": m.Kernel.SHA256, "io.execlaw.guest.sha256": guestSum,
+			"io.execlaw.kernel.sha256": m.Kernel.SHA256, "io.execlaw.guest.sha256": guestSum, "io.execlaw.agents": "",
 		} {
 			if c.Labels[k] != v {
 				t.Errorf("label %s = %q, want %q", k, c.Labels[k], v)
@@ -193,6 +182,24 @@ func TestOCIArchiveFromTestImage(t *testing.T) {
 	})
 }
 
+// checkWritten checks an archive against what the function that wrote it
+// says: its size, a name of repo and the short hash, no temporary files
+// left beside it; and reads it back with readOCILayout.
+func checkWritten(t *testing.T, archive string, img image.OCIImage, repo string) v1.Image {
+	t.Helper()
+	if fi, err := os.Stat(archive); err != nil || fi.Size() != img.Size {
+		t.Fatalf("archive: %v, size %v, said to be %d", err, fi, img.Size)
+	}
+	wantRef := repo + ":" + strings.TrimPrefix(img.ConfigDigest, "sha256:")[:12]
+	if img.Ref != wantRef || img.Name != "docker.io/library/"+wantRef {
+		t.Errorf("ref %q, name %q; want %q and docker.io/library/%[3]s", img.Ref, img.Name, wantRef)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(archive), ".execlaw-oci*")); len(left) > 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+	return readOCILayout(t, archive, img)
+}
+
 // readOCILayout unpacks the archive and reads it as an OCI image layout:
 // the index must name the image for containerd and podman, and the image
 // must be valid (digests, sizes, diff IDs).
@@ -230,6 +237,10 @@ func readOCILayout(t *testing.T, archive string, img image.OCIImage) v1.Image {
 	}
 	if err := validate.Image(oimg); err != nil {
 		t.Errorf("the OCI image does not validate: %v", err)
+	}
+	// containerd picks the image for its node by the index's platform.
+	if cf, err := oimg.ConfigFile(); err != nil || d.Platform != nil && d.Platform.Architecture != cf.Architecture {
+		t.Errorf("index.json platform %+v, config %v", d.Platform, err)
 	}
 	return oimg
 }
