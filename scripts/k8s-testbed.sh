@@ -13,7 +13,9 @@
 #                                    answers and the node is Ready
 #   scripts/k8s-testbed.sh env       print export lines: KUBECONFIG (admin),
 #                                    CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE
-#                                    (for ctr), PATH (for kubectl)
+#                                    (for ctr), PATH (for kubectl),
+#                                    EXECLAW_K8S_SERVER_FROM (where the host's
+#                                    connections to pods come from)
 #   scripts/k8s-testbed.sh build [kube|kwok|all]
 #                                    only compile (kube: the default)
 #   scripts/k8s-testbed.sh bin NAME  print the path of a cached binary
@@ -835,6 +837,7 @@ print_env() {
 	printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_PATH"
 	printf 'export CONTAINERD_ADDRESS=%q\n' "$CONTAINERD_SOCK"
 	printf 'export CONTAINERD_NAMESPACE=k8s.io\n'
+	printf 'export EXECLAW_K8S_SERVER_FROM=%s/32\n' "$POD_GATEWAY"
 	# shellcheck disable=SC2016 # $PATH is for the shell that evals this
 	printf 'export PATH=%q:"$PATH"\n' "$BIN"
 }

@@ -21,7 +21,8 @@ func agentKinds() *agent.Registry {
 }
 
 // offeredAgents are the kinds the chosen sandbox can run: the in-VM ones
-// only in a VM whose image carries them.
-func offeredAgents(isolated bool, report detect.Report) (*agent.Registry, error) {
-	return agentKinds().Offered(isolated, func(name string) bool { return slices.Contains(report.ImageAgents, name) })
+// only where sessions run a guest image (a VM, or a pod of the kubernetes
+// driver) that carries them. Their key stays on the server either way.
+func offeredAgents(guestImage bool, report detect.Report) (*agent.Registry, error) {
+	return agentKinds().Offered(guestImage, func(name string) bool { return slices.Contains(report.ImageAgents, name) })
 }

@@ -114,7 +114,7 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 func doctorK8s(ctx context.Context, c serveConfig, dataDir string, asJSON bool, stdout io.Writer) error {
 	report := detect.Report{Driver: sandboxKubernetes}
 	s, err := k8sDriverConfig(c, dataDir, false, slog.New(slog.DiscardHandler))
-	report.Findings = s.findings
+	report.Findings, report.ImageAgents = s.findings, s.imageAgents
 	if err == nil {
 		var more []detect.Finding
 		more, err = k8sClusterFindings(ctx, s)
@@ -133,7 +133,7 @@ func doctorK8s(ctx context.Context, c serveConfig, dataDir string, asJSON bool, 
 		return err
 	}
 	fmt.Fprintf(stdout, "\nSandbox driver: %s\nWhy: %s\n", report.Driver, report.Reason)
-	if agents, err := offeredAgents(s.cfg.Template.RuntimeClass() != "", report); err == nil {
+	if agents, err := offeredAgents(true, report); err == nil {
 		fmt.Fprintf(stdout, "Agents: %s\n", strings.Join(agents.Names(), ", "))
 	}
 	return nil

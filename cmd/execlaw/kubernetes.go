@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,6 +53,10 @@ type k8sConfig struct {
 	// labels (in the cluster) or its addresses (outside).
 	ServerFrom string
 	ClusterDNS bool
+	// ImageAgents are the in-VM agents' CLIs the guest image carries,
+	// comma-separated: the server cannot look inside an image the cluster
+	// pulls, so the operator says (execlaw image build --oci prints it).
+	ImageAgents string
 }
 
 func registerK8sFlags(fs *flag.FlagSet, c *k8sConfig, env func(name, def string) string) error {
@@ -64,6 +69,7 @@ func registerK8sFlags(fs *flag.FlagSet, c *k8sConfig, env func(name, def string)
 	if err != nil {
 		return fmt.Errorf("EXECLAW_K8S_CLUSTER_DNS: not true or false")
 	}
+	fs.StringVar(&c.ImageAgents, "k8s-image-agents", env("EXECLAW_K8S_IMAGE_AGENTS", ""), "--sandbox kubernetes: the agent CLIs the guest image carries, comma-separated ("+strings.Join(imageAgentNames(), ", ")+"), offered for sessions; `execlaw image build --oci` prints what its image carries (EXECLAW_K8S_IMAGE_AGENTS)")
 	fs.BoolVar(&c.ClusterDNS, "k8s-cluster-dns", dns, "--sandbox kubernetes: session pods use the cluster's DNS (kube-dns) instead of public resolvers; it shows them the names of the cluster's services (EXECLAW_K8S_CLUSTER_DNS)")
 	return nil
 }
@@ -133,9 +139,39 @@ func loadOrCreateK8sInstance(dataDir string, create bool) (string, error) {
 // and the cluster's configuration, with a finding for each part (doctor
 // shows them, and /api/platform).
 type k8sSetup struct {
-	conn     kubernetes.Connection
-	cfg      kubernetes.Config
-	findings []detect.Finding
+	conn        kubernetes.Connection
+	cfg         kubernetes.Config
+	imageAgents []string
+	findings    []detect.Finding
+}
+
+// imageAgentNames are the agent CLIs a guest image may carry.
+func imageAgentNames() []string {
+	var names []string
+	for _, k := range agentKinds().Kinds() {
+		if k.Image != "" {
+			names = append(names, k.Image)
+		}
+	}
+	return names
+}
+
+// parseImageAgents reads --k8s-image-agents.
+func parseImageAgents(s string) ([]string, error) {
+	var agents []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !slices.Contains(imageAgentNames(), f) {
+			return nil, fmt.Errorf("--k8s-image-agents (EXECLAW_K8S_IMAGE_AGENTS): no agent CLI %q; the image may carry %s", f, strings.Join(imageAgentNames(), ", "))
+		}
+		if !slices.Contains(agents, f) {
+			agents = append(agents, f)
+		}
+	}
+	return agents, nil
 }
 
 func (s *k8sSetup) add(check string, ok bool, format string, args ...any) {
@@ -249,7 +285,17 @@ func k8sDriverConfig(c serveConfig, dataDir string, create bool, log *slog.Logge
 		s.add("guest image", false, "%v", err)
 		return s, err
 	}
-	s.add("guest image", true, "%s", image)
+	agents, err := parseImageAgents(kc.ImageAgents)
+	if err != nil {
+		s.add("guest image", false, "%v", err)
+		return s, err
+	}
+	s.imageAgents = agents
+	if len(agents) > 0 {
+		s.add("guest image", true, "%s, carrying %s (--k8s-image-agents)", image, strings.Join(agents, ", "))
+	} else {
+		s.add("guest image", true, "%s; the built-in agent only (--k8s-image-agents names agent CLIs it carries)", image)
+	}
 	if rc := tm.RuntimeClass(); rc != "" {
 		s.add("isolation", true, "runtimeClassName %s: each session's pod runs on that runtime (a VM with Kata Containers, a kernel of its own with gVisor); the driver trusts the name", rc)
 	} else {
@@ -280,7 +326,7 @@ func extraRanges(deny, allow []netip.Prefix) string {
 func kubernetesDriver(ctx context.Context, c serveConfig, dataDir string, sessions kubernetes.Sessions, log *slog.Logger) (*kubernetes.Driver, detect.Report, error) {
 	report := detect.Report{Driver: sandboxKubernetes}
 	s, err := k8sDriverConfig(c, dataDir, true, log)
-	report.Findings = s.findings
+	report.Findings, report.ImageAgents = s.findings, s.imageAgents
 	if err != nil {
 		return nil, report, fmt.Errorf("--sandbox kubernetes: %w", err)
 	}

@@ -60,18 +60,36 @@ func TestServeFlagsK8s(t *testing.T) {
 	env := map[string]string{
 		"EXECLAW_SANDBOX": "kubernetes", "EXECLAW_K8S_NAMESPACE": "ns", "EXECLAW_K8S_POD_TEMPLATE": "/t.yaml",
 		"EXECLAW_K8S_IMAGE": "img:1", "EXECLAW_KUBECONFIG": "/kc", "EXECLAW_K8S_SERVER_FROM": "app=x", "EXECLAW_K8S_CLUSTER_DNS": "true",
+		"EXECLAW_K8S_IMAGE_AGENTS": "claude-code",
 	}
 	c, err := parseServeFlags([]string{"--k8s-image", "img:2"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := k8sConfig{Kubeconfig: "/kc", Namespace: "ns", PodTemplate: "/t.yaml", Image: "img:2", ServerFrom: "app=x", ClusterDNS: true}
+	want := k8sConfig{Kubeconfig: "/kc", Namespace: "ns", PodTemplate: "/t.yaml", Image: "img:2", ServerFrom: "app=x", ClusterDNS: true, ImageAgents: "claude-code"}
 	if c.Sandbox != "kubernetes" || c.K8s != want {
 		t.Errorf("read %s %+v, want %+v", c.Sandbox, c.K8s, want)
 	}
 	env["EXECLAW_K8S_CLUSTER_DNS"] = "maybe"
 	if _, err := parseServeFlags(nil, func(k string) string { return env[k] }, io.Discard); err == nil || !strings.Contains(err.Error(), "EXECLAW_K8S_CLUSTER_DNS") {
 		t.Errorf("a bad EXECLAW_K8S_CLUSTER_DNS: %v", err)
+	}
+}
+
+func TestParseImageAgents(t *testing.T) {
+	for in, want := range map[string]string{
+		"": "", " claude-code ": "claude-code", "nullclaw,claude-code,nullclaw": "nullclaw,claude-code", ",,": "",
+	} {
+		got, err := parseImageAgents(in)
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("parseImageAgents(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	// The built-in agent runs on the server; anything else is no CLI.
+	for _, in := range []string{"builtin", "claude", "claude-code;rm -rf /", "CLAUDE-CODE", "claude-code,\x00"} {
+		if got, err := parseImageAgents(in); err == nil {
+			t.Errorf("parseImageAgents(%q) = %v, want an error", in, got)
+		}
 	}
 }
 

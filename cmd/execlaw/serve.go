@@ -576,7 +576,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Info("transcripts can be e-mailed", "via", sender.String(), "allowed", allow.String())
 	}
 
-	agents, err := offeredAgents(driver.Isolated(), report)
+	agents, err := offeredAgents(driver.Isolated() || k8s != nil, report)
 	if err != nil {
 		return err
 	}

@@ -174,9 +174,10 @@ func (r *Registry) Only(names []string) (*Registry, error) {
 }
 
 // Offered keeps the kinds a sandbox can run: those that run on the host, and,
-// in a VM whose image carries them (imageHas), the in-sandbox ones.
-func (r *Registry) Offered(vm bool, imageHas func(name string) bool) (*Registry, error) {
-	return r.filter(func(k Kind) bool { return k.Image == "" || (vm && imageHas != nil && imageHas(k.Image)) })
+// where sessions run a guest image (a VM or a pod) that carries them
+// (imageHas), the in-sandbox ones.
+func (r *Registry) Offered(guestImage bool, imageHas func(name string) bool) (*Registry, error) {
+	return r.filter(func(k Kind) bool { return k.Image == "" || (guestImage && imageHas != nil && imageHas(k.Image)) })
 }
 
 func (r *Registry) filter(keep func(Kind) bool) (*Registry, error) {

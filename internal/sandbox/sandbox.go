@@ -85,6 +85,21 @@ type Elsewhere interface {
 	RunsElsewhere() bool
 }
 
+// Pausable is a driver that says whether a session's files outlive its
+// sandbox (a pod's do only on a workspace claim). Drivers without it keep
+// them: a VM's disk is in the session's directory.
+type Pausable interface {
+	// Pausable reports whether a paused session resumes on its files.
+	Pausable() bool
+}
+
+// KeepsFiles says whether d's sessions keep their files when their
+// sandbox stops for a pause, or dies with a killed server.
+func KeepsFiles(d Driver) bool {
+	p, ok := d.(Pausable)
+	return !ok || p.Pausable()
+}
+
 // Claimable is a Sandbox started ahead of need (a warm pool's) that a
 // session can take: Claim rebinds it to spec's session and directory, into
 // which the caller has already renamed the sandbox's own (it was started

@@ -50,6 +50,9 @@ var (
 	ErrNotPausable = errors.New("the session cannot pause now: it is starting, or ending")
 )
 
+// lostFiles ends the reason of a cold pause whose driver keeps no files.
+const lostFiles = ", and its workspace goes with its sandbox: it resumes on an empty one"
+
 // finishPause saves the sandbox (or stops it, keeping its disk), records
 // the session as paused and lets the session object go. The session's
 // goroutines and agent have been stopped.
@@ -61,6 +64,9 @@ func (s *Session) finishPause(sb sandbox.Sandbox, reason string) {
 		data.Reason = "it had no sandbox running"
 	case !ok:
 		data.Reason = s.deps.driver.Name() + " sandboxes cannot save running processes"
+		if !sandbox.KeepsFiles(s.deps.driver) {
+			data.Reason += lostFiles
+		}
 		s.stopSandbox(sb)
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

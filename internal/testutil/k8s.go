@@ -1,8 +1,12 @@
 package testutil
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/execlaw/execlaw/internal/image"
 )
 
 // K8sCacheEnv overrides where scripts/k8s-testbed.sh keeps the Kubernetes
@@ -87,6 +93,21 @@ func K8sCluster(tb testing.TB) (kubeconfig string) {
 	return k8sTestbed.kubeconfig
 }
 
+// K8sServerFrom is where the host's connections to the test cluster's pods
+// come from (its address on the pod bridge), as --k8s-server-from takes it.
+func K8sServerFrom(tb testing.TB) netip.Prefix {
+	tb.Helper()
+	K8sCluster(tb)
+	k8sTestbed.mu.Lock()
+	s := k8sTestbed.env["EXECLAW_K8S_SERVER_FROM"]
+	k8sTestbed.mu.Unlock()
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		tb.Fatalf("k8s test cluster: scripts/k8s-testbed.sh env printed EXECLAW_K8S_SERVER_FROM %q: %v", s, err)
+	}
+	return p
+}
+
 // K8sImportImage imports an image archive (OCI or docker-archive, as
 // `ctr images import` takes; scripts/k8s-testbed.sh image makes one from a
 // static binary) into the test cluster's containerd, in the k8s.io namespace
@@ -105,6 +126,90 @@ func K8sImportImage(tb testing.TB, archivePath string) {
 	if err != nil {
 		tb.Fatalf("k8s test cluster: ctr images import %s: %v\n%s", archivePath, err, out)
 	}
+}
+
+var k8sGuestImage struct {
+	once sync.Once
+	ref  string
+	err  error
+}
+
+// K8sGuestImage imports an image holding this tree's static execlaw-guest
+// alone (scripts/k8s-testbed.sh image) into the test cluster, once per test
+// process, and returns the name pods use with imagePullPolicy: Never.
+func K8sGuestImage(tb testing.TB) string {
+	tb.Helper()
+	bin := GuestBinary(tb)
+	k8sGuestImage.once.Do(func() {
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			k8sGuestImage.err = err
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			k8sGuestImage.err = err
+			return
+		}
+		sum := sha256.Sum256(b)
+		tag := "execlaw-guest:test-" + hex.EncodeToString(sum[:6])
+		archive := filepath.Join(tb.TempDir(), "guest.tar")
+		out, err := exec.Command("bash", filepath.Join(root, "scripts", "k8s-testbed.sh"), "image", "docker.io/library/"+tag, bin, archive).CombinedOutput()
+		if err != nil {
+			k8sGuestImage.err = fmt.Errorf("k8s-testbed.sh image: %v\n%s", err, out)
+			return
+		}
+		K8sImportImage(tb, archive)
+		k8sGuestImage.ref = tag
+	})
+	if k8sGuestImage.err != nil {
+		tb.Fatal(k8sGuestImage.err)
+	}
+	return k8sGuestImage.ref
+}
+
+var k8sVMImages struct {
+	mu    sync.Mutex
+	names map[string]string
+}
+
+// K8sImageOf writes the test guest image called name (VMImage's "minimal",
+// VMImageWithClaudeCode's "agents": build it first) as the OCI archive
+// `execlaw image build --oci` makes, imports it into the test cluster once
+// per test process, and returns the name pods use: the product's own path
+// from a guest image to a session pod.
+func K8sImageOf(tb testing.TB, name string) string {
+	tb.Helper()
+	k8sVMImages.mu.Lock()
+	defer k8sVMImages.mu.Unlock()
+	if ref, ok := k8sVMImages.names[name]; ok {
+		return ref
+	}
+	guest := GuestBinary(tb)
+	dir, unlock := lockedCacheDir(tb)
+	st, err := image.NewStore(dir)
+	if err != nil {
+		unlock()
+		tb.Fatal(err)
+	}
+	m, err := st.Load(name)
+	if err != nil {
+		unlock()
+		tb.Fatalf("the test image %q (build it before K8sImageOf): %v", name, err)
+	}
+	archive := filepath.Join(tb.TempDir(), name+".oci.tar")
+	img, err := st.WriteOCI(context.Background(), m, image.OCIOptions{Path: archive, GuestBinary: guest, Version: "test"})
+	unlock()
+	if err != nil {
+		tb.Fatalf("OCI archive of the test image %q: %v", name, err)
+	}
+	K8sImportImage(tb, archive)
+	os.Remove(archive)
+	if k8sVMImages.names == nil {
+		k8sVMImages.names = map[string]string{}
+	}
+	k8sVMImages.names[name] = img.Name
+	return img.Name
 }
 
 // k8sLock takes the test processes' lock on the k8s test bed's cache

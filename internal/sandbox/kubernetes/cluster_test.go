@@ -3,15 +3,10 @@ package kubernetes
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,44 +27,6 @@ import (
 // execlaw-guest alone. The test bed enforces no NetworkPolicy (no such
 // network plugin): the policies are checked as objects the API server
 // took, not as traffic.
-
-// testbedGateway is the host's address on the test bed's pod bridge: where
-// the host's connections to pods come from.
-var testbedGateway = netip.MustParsePrefix("10.244.0.1/32")
-
-var guestImage struct {
-	once sync.Once
-	ref  string
-	err  error
-}
-
-// clusterGuestImage imports an image of this tree's execlaw-guest into the
-// test cluster once per test process, and returns the name pods use.
-func clusterGuestImage(t testing.TB) string {
-	t.Helper()
-	bin := testutil.GuestBinary(t)
-	guestImage.once.Do(func() {
-		b, err := os.ReadFile(bin)
-		if err != nil {
-			guestImage.err = err
-			return
-		}
-		sum := sha256.Sum256(b)
-		tag := "execlaw-guest:test-" + hex.EncodeToString(sum[:6])
-		archive := filepath.Join(t.TempDir(), "guest.tar")
-		out, err := exec.Command("bash", "../../../scripts/k8s-testbed.sh", "image", "docker.io/library/"+tag, bin, archive).CombinedOutput()
-		if err != nil {
-			guestImage.err = fmt.Errorf("k8s-testbed.sh image: %v\n%s", err, out)
-			return
-		}
-		testutil.K8sImportImage(t, archive)
-		guestImage.ref = tag
-	})
-	if guestImage.err != nil {
-		t.Fatal(guestImage.err)
-	}
-	return guestImage.ref
-}
 
 // cluster is a namespace of its own in the test cluster, deleted after
 // the test with all in it.
@@ -114,8 +71,8 @@ func (c *cluster) driver(instance, template string, sessions Sessions) *Driver {
 		c.t.Fatal(err)
 	}
 	d, err := New(Config{
-		Client: c.cs, Namespace: c.ns, Instance: instance, Template: tm, Image: clusterGuestImage(c.t),
-		Server: ServerPeers{CIDRs: []netip.Prefix{testbedGateway}}, Sessions: sessions,
+		Client: c.cs, Namespace: c.ns, Instance: instance, Template: tm, Image: testutil.K8sGuestImage(c.t),
+		Server: ServerPeers{CIDRs: []netip.Prefix{testutil.K8sServerFrom(c.t)}}, Sessions: sessions,
 		StartTimeout: 2 * time.Minute, StopTimeout: time.Minute,
 	})
 	if err != nil {
@@ -205,7 +162,7 @@ func TestClusterLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if policy.Labels[LabelInstance] != "t1" || len(policy.Spec.Ingress) != 1 || policy.Spec.Ingress[0].From[0].IPBlock.CIDR != testbedGateway.String() ||
+	if policy.Labels[LabelInstance] != "t1" || len(policy.Spec.Ingress) != 1 || policy.Spec.Ingress[0].From[0].IPBlock.CIDR != testutil.K8sServerFrom(t).String() ||
 		len(policy.Spec.Egress) != 1 || policy.Spec.Egress[0].To[0].IPBlock.CIDR != "0.0.0.0/0" {
 		t.Errorf("policy %+v", policy.Spec)
 	}

@@ -127,7 +127,10 @@ type Driver struct {
 	live map[string]bool
 }
 
-var _ sandbox.Driver = (*Driver)(nil)
+var (
+	_ sandbox.Driver   = (*Driver)(nil)
+	_ sandbox.Pausable = (*Driver)(nil)
+)
 
 // New checks cfg.
 func New(cfg Config) (*Driver, error) {

@@ -96,7 +96,7 @@ func kwokScale(b *testing.B) []kwokMetric {
 	d, err := New(Config{
 		Client: c.cs, Namespace: c.ns, Instance: kwokInstance, Template: tm,
 		Image:  "execlaw-guest:kwok", // never pulled: kwok runs nothing
-		Server: ServerPeers{CIDRs: []netip.Prefix{testbedGateway}},
+		Server: ServerPeers{CIDRs: []netip.Prefix{testutil.K8sServerFrom(b)}},
 		// The API server is shared with the scheduler and kwok on 2 cores.
 		StartTimeout: 5 * time.Minute, StopTimeout: 3 * time.Minute,
 	})
