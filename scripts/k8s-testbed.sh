@@ -28,6 +28,10 @@
 # Pods run images imported with ctr (imagePullPolicy: Never). There is no
 # kube-proxy (Services get no traffic) and no cluster DNS; pods get an IP on
 # a bridge (10.244.0.0/24), reachable from the host, and no default route.
+# The API server listens on the bridge's address, 10.244.0.1, where the
+# host and the pods reach it (a pod finds it there, not at the kubernetes
+# Service's address: set KUBERNETES_SERVICE_HOST and _PORT for in-cluster
+# clients).
 #
 # Fake nodes: kwok (`bin kwok`) runs against the cluster with its own
 # kubeconfig and manages only the nodes annotated kwok.x-k8s.io/node=fake
@@ -44,7 +48,7 @@
 # cores, kwok 2 more); everything a running cluster has (certificates, etcd's
 # data, containerd's root and state, kubelet's dir, logs, pid files) is under
 # /var/tmp/execlaw-k8s/run ($EXECLAW_K8S_RUN), which `down` removes. The API
-# server listens on 127.0.0.1:16443, etcd on 127.0.0.1:23790.
+# server listens on 10.244.0.1:16443, etcd on 127.0.0.1:23790.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -376,7 +380,7 @@ node_ready() {
 }
 node_untainted() { [ -z "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.spec.taints}')" ]; }
 etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
-apiserver_ready() { curl -fsS --cacert "$RUN/pki/ca.crt" -H "Authorization: Bearer $(cat "$RUN/pki/admin.token")" "https://127.0.0.1:$APISERVER_PORT/readyz"; }
+apiserver_ready() { curl -fsS --cacert "$RUN/pki/ca.crt" -H "Authorization: Bearer $(cat "$RUN/pki/admin.token")" "https://$POD_GATEWAY:$APISERVER_PORT/readyz"; }
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -395,7 +399,7 @@ gen_pki() {
 		rm -f "$p/$1.csr"
 	}
 	cert apiserver "/CN=kube-apiserver" \
-		"subjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+		"subjectAltName=IP:127.0.0.1,IP:$POD_GATEWAY,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 keyUsage=critical,digitalSignature,keyEncipherment"
 	cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
@@ -427,7 +431,7 @@ kind: Config
 clusters:
 - name: k8s-testbed
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$POD_GATEWAY:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 <"$RUN/pki/ca.crt")
 users:
 - name: $3
@@ -599,6 +603,18 @@ node_ip() {
 	echo "$ip"
 }
 
+# make_bridge makes the pods' bridge with the gateway's address, as the CNI
+# bridge plugin (isGateway) would; `down` removes it.
+make_bridge() {
+	if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+		ip link add "$BRIDGE" type bridge
+	fi
+	if ! ip -4 -o addr show dev "$BRIDGE" | grep -q " $POD_GATEWAY/"; then
+		ip addr add "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$BRIDGE"
+	fi
+	ip link set "$BRIDGE" up
+}
+
 make_cgroups() {
 	local h
 	for h in $(cgroup_hierarchies); do
@@ -646,10 +662,13 @@ up() {
 	start containerd containerd --config "$RUN/containerd/config.toml"
 	wait_for "etcd is healthy" 60 etcd etcd_healthy
 
+	# The bridge is made before the CNI plugin would, for the API server
+	# to listen on its address, where pods reach it too.
+	make_bridge
 	local p=$RUN/pki
 	start kube-apiserver "$BIN/kube-apiserver" \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-		--bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
+		--bind-address "$POD_GATEWAY" --secure-port "$APISERVER_PORT" --advertise-address "$POD_GATEWAY" \
 		--endpoint-reconciler-type none \
 		--tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
 		--client-ca-file "$p/ca.crt" --token-auth-file "$p/tokens.csv" \

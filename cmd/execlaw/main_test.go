@@ -69,7 +69,7 @@ func TestServeFlags(t *testing.T) {
 type server struct {
 	cmd  *exec.Cmd
 	url  string
-	out  *bytes.Buffer
+	out  *testutil.SyncBuffer // its stderr: its log
 	done chan error
 }
 
@@ -88,12 +88,12 @@ func startServerCmd(t *testing.T, cmd *exec.Cmd) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var errBuf bytes.Buffer
-	cmd.Stderr = &errBuf
+	errBuf := &testutil.SyncBuffer{}
+	cmd.Stderr = errBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, out: &errBuf, done: make(chan error, 1)}
+	s := &server{cmd: cmd, out: errBuf, done: make(chan error, 1)}
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(stdout)
