@@ -28,10 +28,8 @@
 # Pods run images imported with ctr (imagePullPolicy: Never). There is no
 # kube-proxy (Services get no traffic) and no cluster DNS; pods get an IP on
 # a bridge (10.244.0.0/24), reachable from the host, and no default route.
-# The API server listens on the bridge's address, 10.244.0.1, where the
-# host and the pods reach it (a pod finds it there, not at the kubernetes
-# Service's address: set KUBERNETES_SERVICE_HOST and _PORT for in-cluster
-# clients).
+# The API server listens on the bridge's address, for the host and pods alike
+# (in-cluster clients: set KUBERNETES_SERVICE_HOST and _PORT to it).
 #
 # Fake nodes: kwok (`bin kwok`) runs against the cluster with its own
 # kubeconfig and manages only the nodes annotated kwok.x-k8s.io/node=fake
@@ -662,9 +660,7 @@ up() {
 	start containerd containerd --config "$RUN/containerd/config.toml"
 	wait_for "etcd is healthy" 60 etcd etcd_healthy
 
-	# The bridge is made before the CNI plugin would, for the API server
-	# to listen on its address, where pods reach it too.
-	make_bridge
+	make_bridge # before the CNI plugin would: the API server listens on it
 	local p=$RUN/pki
 	start kube-apiserver "$BIN/kube-apiserver" \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \

@@ -76,28 +76,9 @@ func (c *clusterNS) serveArgs(image string, more ...string) []string {
 // objects names what the cluster holds under a label selector.
 func (c *clusterNS) objects(selector string) []string {
 	c.t.Helper()
-	ctx, sel := context.Background(), metav1.ListOptions{LabelSelector: selector}
-	var names []string
-	pods, err := c.cs.CoreV1().Pods(c.name).List(ctx, sel)
+	names, err := kubernetes.ListObjects(context.Background(), c.cs, c.name, selector)
 	if err != nil {
 		c.t.Fatal(err)
-	}
-	for _, o := range pods.Items {
-		names = append(names, "pod/"+o.Name)
-	}
-	secrets, err := c.cs.CoreV1().Secrets(c.name).List(ctx, sel)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	for _, o := range secrets.Items {
-		names = append(names, "secret/"+o.Name)
-	}
-	policies, err := c.cs.NetworkingV1().NetworkPolicies(c.name).List(ctx, sel)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	for _, o := range policies.Items {
-		names = append(names, "networkpolicy/"+o.Name)
 	}
 	return names
 }
@@ -300,14 +281,8 @@ func TestServeOnCluster(t *testing.T) {
 	replay.Close()
 
 	// SIGTERM: an orderly stop leaves nothing of this instance.
-	srv.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-srv.done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, srv.out)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("server did not stop on SIGTERM")
+	if err := srv.terminate(2 * time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	c.waitObjects(mine)
 	if strings.Contains(srv.out.String(), "sk-ant-k8s-serve-test-key") {

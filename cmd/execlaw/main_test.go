@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -131,6 +132,21 @@ func startServerCmd(t *testing.T, cmd *exec.Cmd) *server {
 	return s
 }
 
+// terminate stops the server with SIGTERM, as systemd or the kubelet does,
+// and says how that went unless it exited 0 within timeout.
+func (s *server) terminate(timeout time.Duration) error {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			return fmt.Errorf("the server's exit after SIGTERM: %v\n%s", err, s.out)
+		}
+		return nil
+	case <-time.After(timeout):
+		return errors.New("the server did not stop on SIGTERM")
+	}
+}
+
 func (s *server) post(t *testing.T, path string, body any) []byte {
 	t.Helper()
 	raw, _ := json.Marshal(body)
@@ -216,14 +232,8 @@ func TestKilledServerLosesNothing(t *testing.T) {
 	json.Unmarshal(srv.post(t, "/api/sessions", map[string]any{
 		"provider": "anthropic", "apiKey": "k", "model": "claude-sonnet-4-20250514", "baseUrl": fake.BaseURL(),
 	}), &s)
-	srv.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-srv.done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, srv.out)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not stop on SIGTERM")
+	if err := srv.terminate(time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	waitGone(t, filepath.Join(dataDir, "sandboxes"))
 	if strings.Contains(srv.out.String(), `"k"`) {

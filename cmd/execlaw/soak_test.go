@@ -165,14 +165,8 @@ func (p soakPhase) run(t *testing.T, rng *rand.Rand, tb *network.Testbed, bin st
 		c.events += len(events)
 	}
 
-	r.srv.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-r.srv.done:
-		if err != nil {
-			t.Errorf("%s: the server's exit after SIGTERM: %v\n%s", p.name, err, r.srv.out)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("%s: the server did not stop on SIGTERM", p.name)
+	if err := r.srv.terminate(2 * time.Minute); err != nil {
+		t.Fatalf("%s: %v", p.name, err)
 	}
 	c.leftovers = leftovers(t, tb, dataDir)
 	for _, l := range c.leftovers {

@@ -83,35 +83,9 @@ func (c *cluster) driver(instance, template string, sessions Sessions) *Driver {
 
 func (c *cluster) left(instance string) string {
 	c.t.Helper()
-	ctx, sel := context.Background(), metav1.ListOptions{LabelSelector: instanceSelector(instance)}
-	var names []string
-	pods, err := c.cs.CoreV1().Pods(c.ns).List(ctx, sel)
+	names, err := ListObjects(context.Background(), c.cs, c.ns, instanceSelector(instance))
 	if err != nil {
 		c.t.Fatal(err)
-	}
-	for _, o := range pods.Items {
-		names = append(names, "pod/"+o.Name)
-	}
-	secrets, err := c.cs.CoreV1().Secrets(c.ns).List(ctx, sel)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	for _, o := range secrets.Items {
-		names = append(names, "secret/"+o.Name)
-	}
-	policies, err := c.cs.NetworkingV1().NetworkPolicies(c.ns).List(ctx, sel)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	for _, o := range policies.Items {
-		names = append(names, "networkpolicy/"+o.Name)
-	}
-	claims, err := c.cs.CoreV1().PersistentVolumeClaims(c.ns).List(ctx, sel)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	for _, o := range claims.Items {
-		names = append(names, "pvc/"+o.Name)
 	}
 	return strings.Join(names, " ")
 }
