@@ -19,7 +19,7 @@ import (
 // server has VM networking). Other sessions boot as before. A claimed VM is
 // never given back; the pool refills in the background. Pooled VMs count
 // against --max-sessions and the memory gate like sessions, and are the
-// first to go when a session needs the room. Each is started Movable in a
+// first to go when a session needs the room, booting ones included. Each is started Movable in a
 // directory of its own (p_<hex>) and moved to its session's when claimed;
 // its cgroup and network keep the pool name it was made with.
 
@@ -46,7 +46,8 @@ type warmPool struct {
 
 	mu       sync.Mutex
 	ready    []*pooledVM
-	booting  int
+	booting  int                    // boots counted against the limits
+	inBoot   map[*poolBoot]struct{} // boots under way, evicted or not
 	hits     int64
 	misses   int64
 	closed   bool
@@ -58,6 +59,13 @@ type warmPool struct {
 	boots    sync.WaitGroup
 }
 
+// poolBoot is one boot under way: a session that needs its room cancels
+// it (evicted), as it stops a ready VM.
+type poolBoot struct {
+	cancel  context.CancelFunc
+	evicted bool // no longer counted in booting; its VM is not kept
+}
+
 type pooledVM struct {
 	id, dir string
 	sb      sandbox.Sandbox
@@ -65,7 +73,7 @@ type pooledVM struct {
 }
 
 func newWarmPool(m *Manager, size int, set settings) *warmPool {
-	return &warmPool{m: m, size: size, set: set, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &warmPool{m: m, size: size, set: set, inBoot: map[*poolBoot]struct{}{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // stats is the pool now; a nil pool is an empty one.
@@ -120,14 +128,26 @@ func (p *warmPool) observe() {
 	}
 }
 
-// evictOne stops one ready VM to make room for a session; false when there
-// is none.
+// evictOne stops one ready VM to make room for a session, else cancels one
+// boot (its room is free at once: it no longer counts); false when there
+// is neither.
 func (p *warmPool) evictOne() bool {
 	if p == nil {
 		return false
 	}
 	p.mu.Lock()
 	if len(p.ready) == 0 {
+		for b := range p.inBoot {
+			if !b.evicted {
+				b.evicted = true
+				p.booting--
+				p.mu.Unlock()
+				b.cancel()
+				p.m.log.Info("warm pool: a booting VM gives way to a session")
+				p.observe()
+				return true
+			}
+		}
 		p.mu.Unlock()
 		return false
 	}
@@ -210,6 +230,8 @@ func (p *warmPool) fill() {
 		// The limits are checked, and the boot counted, under the
 		// manager's lock: a session and the pool cannot both take the last
 		// of the room.
+		var b *poolBoot
+		var ctx context.Context
 		p.m.mu.Lock()
 		err := p.m.roomLocked("", p.set)
 		if err == nil {
@@ -219,6 +241,9 @@ func (p *warmPool) fill() {
 			} else {
 				p.booting++
 				p.boots.Add(1)
+				b = &poolBoot{}
+				ctx, b.cancel = context.WithTimeout(context.Background(), 5*time.Minute)
+				p.inBoot[b] = struct{}{}
 			}
 			p.mu.Unlock()
 		}
@@ -235,19 +260,29 @@ func (p *warmPool) fill() {
 			p.observe()
 			return
 		}
-		go p.boot()
+		go p.boot(ctx, b)
 	}
 }
 
-// boot starts one pooled VM.
-func (p *warmPool) boot() {
+// boot starts one pooled VM, unless b is cancelled meanwhile.
+func (p *warmPool) boot(ctx context.Context, b *poolBoot) {
 	defer p.boots.Done()
+	defer b.cancel()
 	id := newPoolID()
 	dir := p.m.sandboxDir(id)
 	started := time.Now()
-	sb, err := p.startVM(id, dir)
+	sb, err := p.startVM(ctx, id, dir)
 	p.mu.Lock()
-	p.booting--
+	delete(p.inBoot, b)
+	if !b.evicted {
+		p.booting--
+	}
+	if err != nil && (b.evicted || p.closed) {
+		p.mu.Unlock()
+		os.RemoveAll(dir)
+		p.observe()
+		return
+	}
 	if err != nil {
 		p.failedAt = time.Now()
 		p.short = "a VM failed to boot: " + err.Error()
@@ -258,7 +293,7 @@ func (p *warmPool) boot() {
 	}
 	p.failedAt, p.short = time.Time{}, ""
 	vm := &pooledVM{id: id, dir: dir, sb: sb, claimed: make(chan struct{})}
-	if p.closed {
+	if p.closed || b.evicted {
 		p.mu.Unlock()
 		p.discard(vm)
 		return
@@ -270,12 +305,10 @@ func (p *warmPool) boot() {
 	go p.watch(vm)
 }
 
-func (p *warmPool) startVM(id, dir string) (sandbox.Sandbox, error) {
+func (p *warmPool) startVM(ctx context.Context, id, dir string) (sandbox.Sandbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	return p.m.driver.Start(ctx, sandbox.Spec{
 		SessionID: id, Dir: dir, VCPUs: p.set.VCPUs, MemoryMiB: p.set.MemoryMiB, DiskMiB: p.m.cfg.DiskMiB,
 		Network: p.set.Network, Movable: true,
@@ -320,7 +353,8 @@ func (p *warmPool) discard(vm *pooledVM) {
 	p.observe()
 }
 
-// close stops the refills and every pooled VM, waiting for boots under way.
+// close stops the refills and every pooled VM, cancelling boots under way
+// and waiting for them to clean up.
 func (p *warmPool) close() {
 	if p == nil {
 		return
@@ -329,6 +363,9 @@ func (p *warmPool) close() {
 	p.closed = true
 	ready, running := p.ready, p.running
 	p.ready = nil
+	for b := range p.inBoot {
+		b.cancel() // a VM half booted is not worth the wait
+	}
 	p.mu.Unlock()
 	p.poke()
 	if running {

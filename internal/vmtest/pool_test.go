@@ -221,3 +221,37 @@ func TestWarmPoolMemoryGate(t *testing.T) {
 		t.Errorf("pooled VMs past the gate: %v", dirs)
 	}
 }
+
+// A session that needs the room of a pooled VM still booting gets it: the
+// boot is cancelled (its QEMU and directory go) and the session boots its
+// own; the pool refills when the session ends.
+func TestWarmPoolBootGivesWay(t *testing.T) {
+	e := newPoolEnv(t, 1, 1)
+	before, err := e.tb.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitPool(t, "a VM booting", func(p session.PoolStats) bool { return p.Booting == 1 })
+	booting := e.pooledDirs()
+	if len(booting) != 1 {
+		t.Fatalf("the booting pooled VM's directory: %v", booting)
+	}
+	id := e.defaultSession(t) // room for one: the boot's
+	if e.fromPool(t, id) {
+		t.Error("the session started from the pool, which had no ready VM")
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(e.pooledDirs()) > 0 || len(apitest.ProcessesMentioning(booting[0])) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancelled boot left %v, processes %v", e.pooledDirs(), apitest.ProcessesMentioning(booting[0]))
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval
+	}
+	if p := e.pool(t); p.Ready+p.Booting != 0 || p.Misses != 1 {
+		t.Errorf("the pool beside a session holding the only room: %+v", p)
+	}
+	e.h.Must(200, "DELETE", "/api/sessions/"+id, nil)
+	e.waitPool(t, "refilled after the session", func(p session.PoolStats) bool { return p.Ready == 1 })
+	e.h.Stop()
+	e.waitNothingLeft(t, before)
+}
