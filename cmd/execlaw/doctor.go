@@ -114,13 +114,11 @@ func doctor(ctx context.Context, args []string, getenv func(string) string, stdo
 func doctorK8s(ctx context.Context, c serveConfig, dataDir string, asJSON bool, stdout io.Writer) error {
 	report := detect.Report{Driver: sandboxKubernetes}
 	s, err := k8sDriverConfig(c, dataDir, false, slog.New(slog.DiscardHandler))
-	report.Findings, report.ImageAgents = s.findings, s.imageAgents
 	if err == nil {
-		var more []detect.Finding
-		more, err = k8sClusterFindings(ctx, s)
-		report.Findings = append(report.Findings, more...)
+		err = s.checkCluster(ctx)
 		report.Reason = fmt.Sprintf("--sandbox kubernetes: pods in namespace %s of the cluster at %s", s.cfg.Namespace, s.conn.Host)
 	}
+	report.Findings, report.ImageAgents = s.findings, s.imageAgents
 	if asJSON {
 		if encErr := writeIndentedJSON(stdout, report); encErr != nil {
 			return encErr
@@ -139,20 +137,17 @@ func doctorK8s(ctx context.Context, c serveConfig, dataDir string, asJSON bool, 
 	return nil
 }
 
-// k8sClusterFindings asks the cluster about the driver's settings; the
-// error is the first thing that stops serve from working.
-func k8sClusterFindings(ctx context.Context, s *k8sSetup) ([]detect.Finding, error) {
-	var out []detect.Finding
-	add := func(check string, ok bool, format string, args ...any) {
-		out = append(out, detect.Finding{Check: check, OK: ok, Detail: fmt.Sprintf(format, args...)})
-	}
+// checkCluster asks the cluster about the driver's settings, adding a
+// finding for each; the error is the first thing that stops serve from
+// working.
+func (s *k8sSetup) checkCluster(ctx context.Context) error {
 	cs, ns := s.conn.Client, s.cfg.Namespace
 	v, err := cs.Discovery().ServerVersion()
 	if err != nil {
-		add("kubernetes version", false, "the API server does not answer: %v", err)
-		return out, err
+		s.add("kubernetes version", false, "the API server does not answer: %v", err)
+		return err
 	}
-	add("kubernetes version", true, "%s", v.GitVersion)
+	s.add("kubernetes version", true, "%s", v.GitVersion)
 
 	var missing []string
 	for _, need := range kubernetes.Permissions {
@@ -175,22 +170,22 @@ func k8sClusterFindings(ctx context.Context, s *k8sSetup) ([]detect.Finding, err
 	}
 	if len(missing) > 0 {
 		err := fmt.Errorf("in namespace %s this server may not: %s (see deploy/kubernetes/rbac.yaml)", ns, strings.Join(missing, ", "))
-		add("permissions", false, "%v", err)
-		return out, err
+		s.add("permissions", false, "%v", err)
+		return err
 	}
-	add("permissions", true, "pods, pods/log, secrets, network policies and claims in namespace %s", ns)
+	s.add("permissions", true, "pods, pods/log, secrets, network policies and claims in namespace %s", ns)
 
 	if rc := s.cfg.Template.RuntimeClass(); rc != "" {
 		_, err := cs.NodeV1().RuntimeClasses().Get(ctx, rc, metav1.GetOptions{})
 		switch {
 		case err == nil:
-			add("runtime class", true, "%s exists", rc)
+			s.add("runtime class", true, "%s exists", rc)
 		case apierrors.IsNotFound(err):
 			err = fmt.Errorf("runtime class %s does not exist: pods would not start", rc)
-			add("runtime class", false, "%v", err)
-			return out, err
+			s.add("runtime class", false, "%v", err)
+			return err
 		default:
-			add("runtime class", true, "%s: cannot check (%v); pods fail to start if it is missing", rc, err)
+			s.add("runtime class", true, "%s: cannot check (%v); pods fail to start if it is missing", rc, err)
 		}
 	}
 	if inst := s.cfg.Instance; inst != "" {
@@ -198,11 +193,11 @@ func k8sClusterFindings(ctx context.Context, s *k8sSetup) ([]detect.Finding, err
 		pods, perr := cs.CoreV1().Pods(ns).List(ctx, sel)
 		claims, cerr := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
 		if perr == nil && cerr == nil {
-			add("objects", true, "%d pods and %d workspace claims of this instance now (a running server's, or an earlier run's that the next start sweeps but for paused sessions' claims)",
+			s.add("objects", true, "%d pods and %d workspace claims of this instance now (a running server's, or an earlier run's that the next start sweeps but for paused sessions' claims)",
 				len(pods.Items), len(claims.Items))
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // printFindings lists doctor's findings, one a line, marked yes or no.

@@ -121,8 +121,11 @@ func loadOrCreateK8sInstance(dataDir string, create bool) (string, error) {
 		}
 		return id, nil
 	}
-	if !errors.Is(err, os.ErrNotExist) || !create {
-		return "", ignoreNotExist(err)
+	switch {
+	case !errors.Is(err, os.ErrNotExist):
+		return "", err
+	case !create:
+		return "", nil // none yet
 	}
 	var raw [4]byte
 	if _, err := rand.Read(raw[:]); err != nil {
@@ -159,13 +162,14 @@ func imageAgentNames() []string {
 // parseImageAgents reads --k8s-image-agents.
 func parseImageAgents(s string) ([]string, error) {
 	var agents []string
+	names := imageAgentNames()
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)
 		if f == "" {
 			continue
 		}
-		if !slices.Contains(imageAgentNames(), f) {
-			return nil, fmt.Errorf("--k8s-image-agents (EXECLAW_K8S_IMAGE_AGENTS): no agent CLI %q; the image may carry %s", f, strings.Join(imageAgentNames(), ", "))
+		if !slices.Contains(names, f) {
+			return nil, fmt.Errorf("--k8s-image-agents (EXECLAW_K8S_IMAGE_AGENTS): no agent CLI %q; the image may carry %s", f, strings.Join(names, ", "))
 		}
 		if !slices.Contains(agents, f) {
 			agents = append(agents, f)
@@ -176,13 +180,6 @@ func parseImageAgents(s string) ([]string, error) {
 
 func (s *k8sSetup) add(check string, ok bool, format string, args ...any) {
 	s.findings = append(s.findings, detect.Finding{Check: check, OK: ok, Detail: fmt.Sprintf(format, args...)})
-}
-
-func ignoreNotExist(err error) error {
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
 }
 
 // k8sDriverConfig reads the settings of the kubernetes driver; the error

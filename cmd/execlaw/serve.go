@@ -529,10 +529,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	reason := report.Reason
 	log.Info("sandbox driver chosen", "driver", driver.Name(), "isolated", driver.Isolated(), "why", reason)
-	if cfg.Auth == api.AuthExeDev && !driver.Isolated() && k8s != nil {
-		return errors.New("--auth exedev serves every exe.dev user who can reach the proxy, and the kubernetes sandbox's pods are plain containers on their node's kernel: give --k8s-pod-template a runtimeClassName of a VM or gVisor runtime, or use --auth token for a single user")
-	}
 	if cfg.Auth == api.AuthExeDev && !driver.Isolated() {
+		if k8s != nil {
+			return errors.New("--auth exedev serves every exe.dev user who can reach the proxy, and the kubernetes sandbox's pods are plain containers on their node's kernel: give --k8s-pod-template a runtimeClassName of a VM or gVisor runtime, or use --auth token for a single user")
+		}
 		return fmt.Errorf("--auth exedev serves every exe.dev user who can reach the proxy, and the %s sandbox is not an isolation boundary (agents would run as this server's user, next to each other's files): use --sandbox qemu or firecracker (see execlaw doctor), or --auth token for a single user", driver.Name())
 	}
 	poolNetwork := "full"

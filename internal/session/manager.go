@@ -255,9 +255,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 			}
 			continue
 		}
-		reason := "the server stopped without saving it (it was killed or crashed): its files are kept, the processes it ran are not"
-		if !sandbox.KeepsFiles(m.driver) {
-			reason = "the server stopped without saving it (it was killed or crashed): the processes it ran are gone" + lostFiles
+		reason := "the server stopped without saving it (it was killed or crashed): "
+		if sandbox.KeepsFiles(m.driver) {
+			reason += "its files are kept, the processes it ran are not"
+		} else {
+			reason += "the processes it ran are gone" + lostFiles
 		}
 		info, _ := json.Marshal(resumeInfo{Kind: event.ResumeCold, Reason: reason, PausedAt: time.Now().UTC()})
 		if err := m.store.SetResume(ctx, rec.ID, info); err != nil {

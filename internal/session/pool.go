@@ -19,9 +19,10 @@ import (
 // server has VM networking). Other sessions boot as before. A claimed VM is
 // never given back; the pool refills in the background. Pooled VMs count
 // against --max-sessions and the memory gate like sessions, and are the
-// first to go when a session needs the room, booting ones included. Each is started Movable in a
-// directory of its own (p_<hex>) and moved to its session's when claimed;
-// its cgroup and network keep the pool name it was made with.
+// first to go when a session needs the room, booting ones included. Each
+// is started Movable in a directory of its own (p_<hex>) and moved to its
+// session's when claimed; its cgroup and network keep the pool name it
+// was made with.
 
 // PoolStats is the pool as /api/system and the metrics show it.
 type PoolStats struct {
@@ -46,8 +47,7 @@ type warmPool struct {
 
 	mu       sync.Mutex
 	ready    []*pooledVM
-	booting  int                    // boots counted against the limits
-	inBoot   map[*poolBoot]struct{} // boots under way, evicted or not
+	booting  map[*poolBoot]struct{} // boots under way that count against the limits; an evicted one leaves at once
 	hits     int64
 	misses   int64
 	closed   bool
@@ -60,10 +60,9 @@ type warmPool struct {
 }
 
 // poolBoot is one boot under way: a session that needs its room cancels
-// it (evicted), as it stops a ready VM.
+// it (evicts it from booting), as it stops a ready VM.
 type poolBoot struct {
-	cancel  context.CancelFunc
-	evicted bool // no longer counted in booting; its VM is not kept
+	cancel context.CancelFunc
 }
 
 type pooledVM struct {
@@ -73,7 +72,7 @@ type pooledVM struct {
 }
 
 func newWarmPool(m *Manager, size int, set settings) *warmPool {
-	return &warmPool{m: m, size: size, set: set, inBoot: map[*poolBoot]struct{}{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &warmPool{m: m, size: size, set: set, booting: map[*poolBoot]struct{}{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // stats is the pool now; a nil pool is an empty one.
@@ -83,7 +82,7 @@ func (p *warmPool) stats() PoolStats {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return PoolStats{Size: p.size, Ready: len(p.ready), Booting: p.booting, Hits: p.hits, Misses: p.misses, Short: p.short}
+	return PoolStats{Size: p.size, Ready: len(p.ready), Booting: len(p.booting), Hits: p.hits, Misses: p.misses, Short: p.short}
 }
 
 // template is what the pool's VMs are; a nil pool's are nothing.
@@ -137,16 +136,13 @@ func (p *warmPool) evictOne() bool {
 	}
 	p.mu.Lock()
 	if len(p.ready) == 0 {
-		for b := range p.inBoot {
-			if !b.evicted {
-				b.evicted = true
-				p.booting--
-				p.mu.Unlock()
-				b.cancel()
-				p.m.log.Info("warm pool: a booting VM gives way to a session")
-				p.observe()
-				return true
-			}
+		for b := range p.booting {
+			delete(p.booting, b)
+			p.mu.Unlock()
+			b.cancel()
+			p.m.log.Info("warm pool: a booting VM gives way to a session")
+			p.observe()
+			return true
 		}
 		p.mu.Unlock()
 		return false
@@ -221,7 +217,7 @@ func (p *warmPool) run() {
 func (p *warmPool) fill() {
 	for {
 		p.mu.Lock()
-		short := p.size - len(p.ready) - p.booting
+		short := p.size - len(p.ready) - len(p.booting)
 		wait := !p.failedAt.IsZero() && time.Since(p.failedAt) < retryAfterFailure
 		p.mu.Unlock()
 		if short <= 0 || wait {
@@ -239,11 +235,10 @@ func (p *warmPool) fill() {
 			if p.closed {
 				err = ErrClosing
 			} else {
-				p.booting++
 				p.boots.Add(1)
 				b = &poolBoot{}
 				ctx, b.cancel = context.WithTimeout(context.Background(), 5*time.Minute)
-				p.inBoot[b] = struct{}{}
+				p.booting[b] = struct{}{}
 			}
 			p.mu.Unlock()
 		}
@@ -273,11 +268,10 @@ func (p *warmPool) boot(ctx context.Context, b *poolBoot) {
 	started := time.Now()
 	sb, err := p.startVM(ctx, id, dir)
 	p.mu.Lock()
-	delete(p.inBoot, b)
-	if !b.evicted {
-		p.booting--
-	}
-	if err != nil && (b.evicted || p.closed) {
+	_, counted := p.booting[b]
+	delete(p.booting, b)
+	evicted := !counted // a session took its room
+	if err != nil && (evicted || p.closed) {
 		p.mu.Unlock()
 		os.RemoveAll(dir)
 		p.observe()
@@ -293,7 +287,7 @@ func (p *warmPool) boot(ctx context.Context, b *poolBoot) {
 	}
 	p.failedAt, p.short = time.Time{}, ""
 	vm := &pooledVM{id: id, dir: dir, sb: sb, claimed: make(chan struct{})}
-	if p.closed || b.evicted {
+	if p.closed || evicted {
 		p.mu.Unlock()
 		p.discard(vm)
 		return
@@ -363,8 +357,8 @@ func (p *warmPool) close() {
 	p.closed = true
 	ready, running := p.ready, p.running
 	p.ready = nil
-	for b := range p.inBoot {
-		b.cancel() // a VM half booted is not worth the wait
+	for b := range p.booting {
+		b.cancel() // a VM half booted is not worth the wait (evicted ones are cancelled already)
 	}
 	p.mu.Unlock()
 	p.poke()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -58,11 +59,10 @@ func K8sCluster(tb testing.TB) (kubeconfig string) {
 		k8sTestbed.failed = fmt.Sprintf(format, args...)
 		tb.Fatal(k8sTestbed.failed)
 	}
-	root, err := moduleRoot()
+	script, err := k8sTestbedScript()
 	if err != nil {
 		fail("k8s test cluster: %v", err)
 	}
-	script := filepath.Join(root, "scripts", "k8s-testbed.sh")
 	unlock, err := k8sLock()
 	if err != nil {
 		fail("k8s test cluster: %v", err)
@@ -97,10 +97,7 @@ func K8sCluster(tb testing.TB) (kubeconfig string) {
 // come from (its address on the pod bridge), as --k8s-server-from takes it.
 func K8sServerFrom(tb testing.TB) netip.Prefix {
 	tb.Helper()
-	K8sCluster(tb)
-	k8sTestbed.mu.Lock()
-	s := k8sTestbed.env["EXECLAW_K8S_SERVER_FROM"]
-	k8sTestbed.mu.Unlock()
+	s := k8sEnv(tb, "EXECLAW_K8S_SERVER_FROM")
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
 		tb.Fatalf("k8s test cluster: scripts/k8s-testbed.sh env printed EXECLAW_K8S_SERVER_FROM %q: %v", s, err)
@@ -115,10 +112,7 @@ func K8sServerFrom(tb testing.TB) netip.Prefix {
 // with imagePullPolicy: Never.
 func K8sImportImage(tb testing.TB, archivePath string) {
 	tb.Helper()
-	K8sCluster(tb)
-	k8sTestbed.mu.Lock()
-	addr := k8sTestbed.env["CONTAINERD_ADDRESS"]
-	k8sTestbed.mu.Unlock()
+	addr := k8sEnv(tb, "CONTAINERD_ADDRESS")
 	if addr == "" {
 		tb.Fatal("k8s test cluster: scripts/k8s-testbed.sh env printed no CONTAINERD_ADDRESS")
 	}
@@ -126,6 +120,36 @@ func K8sImportImage(tb testing.TB, archivePath string) {
 	if err != nil {
 		tb.Fatalf("k8s test cluster: ctr images import %s: %v\n%s", archivePath, err, out)
 	}
+}
+
+// k8sEnv is a variable of `scripts/k8s-testbed.sh env`, bringing the test
+// cluster up first if needed.
+func k8sEnv(tb testing.TB, name string) string {
+	tb.Helper()
+	K8sCluster(tb)
+	k8sTestbed.mu.Lock()
+	defer k8sTestbed.mu.Unlock()
+	return k8sTestbed.env[name]
+}
+
+// K8sTestbedBin is the path of a binary scripts/k8s-testbed.sh builds
+// (`k8s-testbed.sh bin NAME`: kwok, or one of Kubernetes'), built the
+// first time.
+func K8sTestbedBin(tb testing.TB, name string) string {
+	tb.Helper()
+	script, err := k8sTestbedScript()
+	if err != nil {
+		tb.Fatalf("k8s test bed: %v", err)
+	}
+	out, err := exec.Command("bash", script, "bin", name).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%v: %s", err, ee.Stderr)
+		}
+		tb.Fatalf("k8s test bed: %s bin %s: %v", script, name, err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 var k8sGuestImage struct {
@@ -146,7 +170,7 @@ func K8sGuestImage(tb testing.TB) string {
 			k8sGuestImage.err = err
 			return
 		}
-		root, err := moduleRoot()
+		script, err := k8sTestbedScript()
 		if err != nil {
 			k8sGuestImage.err = err
 			return
@@ -154,7 +178,7 @@ func K8sGuestImage(tb testing.TB) string {
 		sum := sha256.Sum256(b)
 		tag := "execlaw-guest:test-" + hex.EncodeToString(sum[:6])
 		archive := filepath.Join(tb.TempDir(), "guest.tar")
-		out, err := exec.Command("bash", filepath.Join(root, "scripts", "k8s-testbed.sh"), "image", "docker.io/library/"+tag, bin, archive).CombinedOutput()
+		out, err := exec.Command("bash", script, "image", "docker.io/library/"+tag, bin, archive).CombinedOutput()
 		if err != nil {
 			k8sGuestImage.err = fmt.Errorf("k8s-testbed.sh image: %v\n%s", err, out)
 			return
@@ -210,6 +234,15 @@ func K8sImageOf(tb testing.TB, name string) string {
 	}
 	k8sVMImages.names[name] = img.Name
 	return img.Name
+}
+
+// k8sTestbedScript is the path of scripts/k8s-testbed.sh.
+func k8sTestbedScript() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "scripts", "k8s-testbed.sh"), nil
 }
 
 // k8sLock takes the test processes' lock on the k8s test bed's cache

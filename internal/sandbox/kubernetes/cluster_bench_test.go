@@ -44,8 +44,7 @@ func BenchmarkPodStart(b *testing.B) {
 		name string
 		d    []time.Duration
 	}{{"ready", ready}, {"stop", stop}} {
-		slices.Sort(m.d)
-		p50, p95 := m.d[len(m.d)/2], m.d[(len(m.d)*95+99)/100-1]
+		p50, p95 := percentiles(m.d)
 		b.ReportMetric(float64(p50.Milliseconds()), m.name+"-p50-ms")
 		b.ReportMetric(float64(p95.Milliseconds()), m.name+"-p95-ms")
 		b.Logf("%-5s p50 %5d ms  p95 %5d ms  (%d pods)", m.name, p50.Milliseconds(), p95.Milliseconds(), len(m.d))
@@ -54,4 +53,10 @@ func BenchmarkPodStart(b *testing.B) {
 		b.Errorf("left behind: %s", left)
 	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// percentiles sorts d and returns its median and 95th percentile.
+func percentiles(d []time.Duration) (p50, p95 time.Duration) {
+	slices.Sort(d)
+	return d[len(d)/2], d[(len(d)*95+99)/100-1]
 }

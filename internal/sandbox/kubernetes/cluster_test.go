@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,9 +30,10 @@ import (
 // cluster is a namespace of its own in the test cluster, deleted after
 // the test with all in it.
 type cluster struct {
-	t  testing.TB
-	cs k8s.Interface
-	ns string
+	t    testing.TB
+	cs   k8s.Interface
+	ns   string
+	host string // the API server's address, as the kubeconfig gives it
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -47,7 +47,7 @@ func newCluster(t testing.TB) *cluster {
 	}
 	var b [3]byte
 	rand.Read(b[:])
-	c := &cluster{t: t, cs: conn.Client, ns: "execlaw-test-" + hex.EncodeToString(b[:])}
+	c := &cluster{t: t, cs: conn.Client, ns: "execlaw-test-" + hex.EncodeToString(b[:]), host: conn.Host}
 	ctx := context.Background()
 	if _, err := c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: c.ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -337,24 +337,7 @@ func TestClusterPauseKeepsFiles(t *testing.T) {
 	c := newCluster(t)
 	ctx := context.Background()
 	class := c.ns // unique, so only this test's claim binds the volume
-	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: c.ns + "-ws"},
-		Spec: corev1.PersistentVolumeSpec{
-			StorageClassName:              class,
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
-			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{
-				Path: filepath.Join(t.TempDir(), "pv"), Type: new(corev1.HostPathDirectoryOrCreate),
-			}},
-		},
-	}
-	if _, err := c.cs.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = c.cs.CoreV1().PersistentVolumes().Delete(context.Background(), pv.Name, metav1.DeleteOptions{})
-	})
+	c.hostPathVolume("ws", class, "1Gi", "")
 
 	sessions := &fakeSessions{owner: map[string]string{}, over: map[string]bool{}}
 	d := c.driver("t5", clusterTemplate+`

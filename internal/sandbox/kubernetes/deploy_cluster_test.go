@@ -29,10 +29,6 @@ import (
 	"github.com/execlaw/execlaw/internal/testutil"
 )
 
-// serverUID is the server image's user (execlaw image server), which
-// deployment.yaml runs as.
-const serverUID = 10001
-
 // TestDeployOnCluster applies deploy/kubernetes to the test cluster as a
 // kustomize overlay would (its namespace, the images, the runc template, a
 // storage class), with the server's image as `execlaw image server` writes
@@ -164,13 +160,9 @@ func TestDeployOnCluster(t *testing.T) {
 // apiServer is where the test cluster's API server listens.
 func (c *cluster) apiServer(t *testing.T) *url.URL {
 	t.Helper()
-	conn, err := Connect(testutil.K8sCluster(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(conn.Host)
+	u, err := url.Parse(c.host)
 	if err != nil || u.Port() == "" {
-		t.Fatalf("the API server's address %q: %v", conn.Host, err)
+		t.Fatalf("the API server's address %q: %v", c.host, err)
 	}
 	return u
 }
@@ -200,15 +192,16 @@ func k8sServerImage(t *testing.T) string {
 }
 
 // hostPathVolume makes a volume of storage class class on a directory of
-// the test's (owned by the server's user), bound ahead to the claim named
-// claim when one is given, and returns the directory.
+// the test's (owned by the server image's user, which deployment.yaml
+// runs as), bound ahead to the claim named claim when one is given, and
+// returns the directory.
 func (c *cluster) hostPathVolume(name, class, size, claim string) string {
 	c.t.Helper()
 	dir := filepath.Join(c.t.TempDir(), name)
 	if err := os.Mkdir(dir, 0o750); err != nil {
 		c.t.Fatal(err)
 	}
-	if err := os.Chown(dir, serverUID, serverUID); err != nil {
+	if err := os.Chown(dir, image.OCIServerUID, image.OCIServerUID); err != nil {
 		c.t.Fatal(err)
 	}
 	pv := &corev1.PersistentVolume{
@@ -298,10 +291,8 @@ func (c *cluster) waitServerReady(t *testing.T) corev1.Pod {
 			t.Fatal(err)
 		}
 		for _, p := range pods.Items {
-			for _, cond := range p.Status.Conditions {
-				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-					return p
-				}
+			if ready(&p) {
+				return p
 			}
 		}
 		if time.Now().After(deadline) {

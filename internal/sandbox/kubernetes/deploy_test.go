@@ -40,7 +40,7 @@ func readManifests(t *testing.T, files []string) []runtime.Object {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := utilyaml.NewYAMLReader(bufioReader(b))
+		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
 		for {
 			doc, err := r.Read()
 			if errors.Is(err, io.EOF) {
@@ -254,5 +254,3 @@ func TestDeployPodTemplates(t *testing.T) {
 		}
 	}
 }
-
-func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }

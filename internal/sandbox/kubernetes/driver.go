@@ -239,12 +239,8 @@ func (d *Driver) params(ctx context.Context, spec sandbox.Spec) (podParams, erro
 		return podParams{}, err
 	}
 	owner := ""
-	if d.cfg.Sessions != nil && !pooled(spec) {
-		if owner, err = d.cfg.Sessions.Owner(ctx, spec.SessionID); err != nil {
-			// A label is not worth failing a session for.
-			d.log.Warn("the session's owner is unknown", "session", spec.SessionID, "err", err)
-			owner = ""
-		}
+	if !pooled(spec) {
+		owner = d.owner(ctx, spec.SessionID)
 	}
 	p := podParams{
 		Instance: d.cfg.Instance, Session: sess, Owner: ownerLabel(owner), OwnerID: ownerAnnotation(owner),
@@ -261,6 +257,20 @@ func (d *Driver) params(ctx context.Context, spec sandbox.Spec) (podParams, erro
 		}
 	}
 	return p, nil
+}
+
+// owner is the id of the user a session belongs to, "" when unknown: a
+// label is not worth failing a session for.
+func (d *Driver) owner(ctx context.Context, sessionID string) string {
+	if d.cfg.Sessions == nil {
+		return ""
+	}
+	owner, err := d.cfg.Sessions.Owner(ctx, sessionID)
+	if err != nil {
+		d.log.Warn("the session's owner is unknown", "session", sessionID, "err", err)
+		return ""
+	}
+	return owner
 }
 
 // guestArgs are execlaw-guest's arguments after the image's entrypoint:

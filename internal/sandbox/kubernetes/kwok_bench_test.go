@@ -201,10 +201,8 @@ func kwokScale(b *testing.B) []kwokMetric {
 		}
 	}
 
-	slices.Sort(ready)
-	slices.Sort(stops)
-	p50, p95 := ready[len(ready)/2], ready[(len(ready)*95+99)/100-1]
-	stopP50 := stops[len(stops)/2]
+	p50, p95 := percentiles(ready)
+	stopP50, _ := percentiles(stops)
 	counts := make([]int, 0, len(perNode))
 	for _, n := range perNode {
 		counts = append(counts, n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 )
@@ -124,13 +125,11 @@ func ownerAnnotation(userID string) string {
 		return s
 	}
 	cut := maxOwnerIDAnnotation
-	for cut > 0 && !isRuneStart(s[cut]) {
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut]
 }
-
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 func hashHex(s string, n int) string {
 	sum := sha256.Sum256([]byte("execlaw-label\x00" + s))

@@ -66,18 +66,31 @@ type podParams struct {
 	PooledAs string
 }
 
+// objectMeta is the metadata of one of the sandbox's objects: the
+// template's labels and annotations, when it gives some, and the driver's
+// over them (labels, and the owner's id).
+func (p podParams) objectMeta(name, part string, labels, annotations map[string]string) metav1.ObjectMeta {
+	l := maps.Clone(labels)
+	if l == nil {
+		l = map[string]string{}
+	}
+	maps.Copy(l, p.labels(part))
+	ann := maps.Clone(annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann[AnnotationOwnerID] = p.OwnerID
+	return metav1.ObjectMeta{Name: name, Namespace: p.Namespace, Labels: l, Annotations: ann}
+}
+
 // buildSecret is the Secret holding a session's guest credentials.
 func buildSecret(p podParams, data map[string][]byte) *corev1.Secret {
 	immutable := true
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Names.Secret, Namespace: p.Namespace,
-			Labels:      p.labels(partSecret),
-			Annotations: map[string]string{AnnotationOwnerID: p.OwnerID},
-		},
-		Type:      corev1.SecretTypeOpaque,
-		Immutable: &immutable,
-		Data:      data,
+		ObjectMeta: p.objectMeta(p.Names.Secret, partSecret, nil, nil),
+		Type:       corev1.SecretTypeOpaque,
+		Immutable:  &immutable,
+		Data:       data,
 	}
 }
 
@@ -95,18 +108,8 @@ func buildClaim(t Template, p podParams) *corev1.PersistentVolumeClaim {
 		}
 		spec.Resources.Requests[corev1.ResourceStorage] = mib(p.DiskMiB)
 	}
-	labels := maps.Clone(t.Workspace.Labels)
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	maps.Copy(labels, p.labels(partWorkspace))
-	ann := maps.Clone(t.Workspace.Annotations)
-	if ann == nil {
-		ann = map[string]string{}
-	}
-	ann[AnnotationOwnerID] = p.OwnerID
 	return &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Names.Claim, Namespace: p.Namespace, Labels: labels, Annotations: ann},
+		ObjectMeta: p.objectMeta(p.Names.Claim, partWorkspace, t.Workspace.Labels, t.Workspace.Annotations),
 		Spec:       spec,
 	}
 }
@@ -117,17 +120,6 @@ func buildClaim(t Template, p podParams) *corev1.PersistentVolumeClaim {
 // credentials and workspace).
 func buildPod(t Template, p podParams) *corev1.Pod {
 	spec := *t.Spec.DeepCopy()
-	labels := maps.Clone(t.Meta.Labels)
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	maps.Copy(labels, p.labels(partGuest))
-	ann := maps.Clone(t.Meta.Annotations)
-	if ann == nil {
-		ann = map[string]string{}
-	}
-	ann[AnnotationOwnerID] = p.OwnerID
-
 	no := false
 	spec.RestartPolicy = corev1.RestartPolicyNever
 	spec.AutomountServiceAccountToken = &no
@@ -206,7 +198,7 @@ func buildPod(t Template, p podParams) *corev1.Pod {
 	sizeGuest(g, p.VCPUs, p.MemoryMiB)
 
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Names.Pod, Namespace: p.Namespace, Labels: labels, Annotations: ann},
+		ObjectMeta: p.objectMeta(p.Names.Pod, partGuest, t.Meta.Labels, t.Meta.Annotations),
 		Spec:       spec,
 	}
 }

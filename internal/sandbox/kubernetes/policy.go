@@ -51,7 +51,7 @@ type Egress struct {
 // check refuses an allowed range that would open what must stay closed.
 func (e Egress) check() error {
 	var errs []error
-	for _, a := range append(slices.Clone(e.Allow), e.Deny...) {
+	for _, a := range slices.Concat(e.Allow, e.Deny) {
 		if !a.Addr().Is4() {
 			errs = append(errs, fmt.Errorf("%s: only IPv4 ranges", a))
 		}
@@ -112,11 +112,7 @@ func buildPolicy(p podParams, server ServerPeers, egress Egress, netMode string)
 		from = append(from, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: c.Masked().String()}})
 	}
 	np := &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Names.Policy, Namespace: p.Namespace,
-			Labels:      p.labels(partPolicy),
-			Annotations: map[string]string{AnnotationOwnerID: p.OwnerID},
-		},
+		ObjectMeta: p.objectMeta(p.Names.Policy, partPolicy, nil, nil),
 		Spec: networkingv1.NetworkPolicySpec{
 			// The session label (a pooled pod's pool id: see pool.go)
 			// alone would do; the instance label keeps another server's

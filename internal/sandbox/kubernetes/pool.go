@@ -122,13 +122,7 @@ func (s *Sandbox) Claim(ctx context.Context, spec sandbox.Spec) error {
 		return fmt.Errorf("kubernetes sandbox: %w", err)
 	}
 	d := s.d
-	owner := ""
-	if d.cfg.Sessions != nil {
-		if owner, err = d.cfg.Sessions.Owner(ctx, spec.SessionID); err != nil {
-			d.log.Warn("the session's owner is unknown", "session", spec.SessionID, "err", err)
-			owner = ""
-		}
-	}
+	owner := d.owner(ctx, spec.SessionID)
 	if !d.claim(spec.SessionID) {
 		return fmt.Errorf("kubernetes sandbox: session %s has a sandbox already", spec.SessionID)
 	}

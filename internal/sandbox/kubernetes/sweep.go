@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -68,15 +67,14 @@ func (d *Driver) collect(ctx context.Context, wait bool) (Swept, error) {
 		return n, fmt.Errorf("list pods: %w", err)
 	}
 	withPod := map[string]bool{} // sessions whose pod is still there
-	grace := int64(stopGrace)
 	for _, p := range pods.Items {
 		id := p.Labels[LabelSession]
 		withPod[id] = true
 		if d.isLive(id) || p.DeletionTimestamp != nil {
 			continue
 		}
-		if err := ignoreNotFound(core.Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace})); err != nil {
-			errs = append(errs, fmt.Errorf("delete pod %s: %w", p.Name, err))
+		if err := d.deletePod(ctx, p.Name); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		n.Pods++
@@ -87,7 +85,7 @@ func (d *Driver) collect(ctx context.Context, wait bool) (Swept, error) {
 			if id := p.Labels[LabelSession]; d.isLive(id) {
 				continue
 			}
-			if err := waitGone(ctx, d.podListWatch(p.Name), &corev1.Pod{}, ns+"/"+p.Name); err != nil {
+			if err := d.waitPodGone(ctx, p.Name); err != nil {
 				errs = append(errs, fmt.Errorf("pod %s is not gone: %w", p.Name, err))
 				continue
 			}
@@ -105,8 +103,8 @@ func (d *Driver) collect(ctx context.Context, wait bool) (Swept, error) {
 		if keep(s.Labels[LabelSession]) {
 			continue
 		}
-		if err := ignoreNotFound(core.Secrets(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})); err != nil {
-			errs = append(errs, fmt.Errorf("delete secret %s: %w", s.Name, err))
+		if err := d.deleteSecret(ctx, s.Name); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		n.Secrets++
@@ -119,8 +117,8 @@ func (d *Driver) collect(ctx context.Context, wait bool) (Swept, error) {
 		if keep(p.Labels[LabelSession]) {
 			continue
 		}
-		if err := ignoreNotFound(d.cfg.Client.NetworkingV1().NetworkPolicies(ns).Delete(ctx, p.Name, metav1.DeleteOptions{})); err != nil {
-			errs = append(errs, fmt.Errorf("delete network policy %s: %w", p.Name, err))
+		if err := d.deletePolicy(ctx, p.Name); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		n.Policies++
@@ -134,12 +132,7 @@ func (d *Driver) collect(ctx context.Context, wait bool) (Swept, error) {
 		if keep(id) || c.DeletionTimestamp != nil || !d.over(ctx, id) {
 			continue
 		}
-		if wait {
-			err = d.deleteClaim(ctx, c.Name)
-		} else {
-			err = ignoreNotFound(core.PersistentVolumeClaims(ns).Delete(ctx, c.Name, metav1.DeleteOptions{}))
-		}
-		if err != nil {
+		if err := d.deleteClaim(ctx, c.Name, wait); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -7,10 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
 )
 
 // teardown deletes what m says of a session's objects, and waits until
@@ -20,55 +16,76 @@ import (
 // nothing confirms its end) the rest is left for Collect, and the error
 // says so.
 func (d *Driver) teardown(ctx context.Context, n names, m made) error {
-	ns := d.cfg.Namespace
-	core := d.cfg.Client.CoreV1()
 	if m.pod {
-		grace := int64(stopGrace)
-		if err := ignoreNotFound(core.Pods(ns).Delete(ctx, n.Pod, metav1.DeleteOptions{GracePeriodSeconds: &grace})); err != nil {
-			return fmt.Errorf("delete pod %s: %w", n.Pod, err)
+		if err := d.deletePod(ctx, n.Pod); err != nil {
+			return err
 		}
-		if err := waitGone(ctx, d.podListWatch(n.Pod), &corev1.Pod{}, ns+"/"+n.Pod); err != nil {
+		if err := d.waitPodGone(ctx, n.Pod); err != nil {
 			return fmt.Errorf("pod %s is not gone (its policy and secret are left until it is): %w", n.Pod, err)
 		}
 	}
 	var errs []error
 	if m.policy {
-		err := d.cfg.Client.NetworkingV1().NetworkPolicies(ns).Delete(ctx, n.Policy, metav1.DeleteOptions{})
-		if err = ignoreNotFound(err); err != nil {
-			errs = append(errs, fmt.Errorf("delete network policy %s: %w", n.Policy, err))
+		if err := d.deletePolicy(ctx, n.Policy); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if m.secret {
-		if err := ignoreNotFound(core.Secrets(ns).Delete(ctx, n.Secret, metav1.DeleteOptions{})); err != nil {
-			errs = append(errs, fmt.Errorf("delete secret %s: %w", n.Secret, err))
+		if err := d.deleteSecret(ctx, n.Secret); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if m.claim {
-		if err := d.deleteClaim(ctx, n.Claim); err != nil {
+		if err := d.deleteClaim(ctx, n.Claim, true); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// deleteClaim deletes a workspace claim and waits until it is gone (its
-// protection finalizer holds it while a pod uses it).
-func (d *Driver) deleteClaim(ctx context.Context, name string) error {
+// deletePod deletes a pod, giving its guest stopGrace seconds to end its
+// commands. Deleting what is not there, here and below, is no error.
+func (d *Driver) deletePod(ctx context.Context, name string) error {
+	grace := int64(stopGrace)
+	err := d.cfg.Client.CoreV1().Pods(d.cfg.Namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+	if err = ignoreNotFound(err); err != nil {
+		return fmt.Errorf("delete pod %s: %w", name, err)
+	}
+	return nil
+}
+
+// waitPodGone waits until a deleted pod is gone from the API.
+func (d *Driver) waitPodGone(ctx context.Context, name string) error {
+	return waitGone(ctx, d.podListWatch(name), &corev1.Pod{}, d.cfg.Namespace+"/"+name)
+}
+
+func (d *Driver) deletePolicy(ctx context.Context, name string) error {
+	err := d.cfg.Client.NetworkingV1().NetworkPolicies(d.cfg.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err = ignoreNotFound(err); err != nil {
+		return fmt.Errorf("delete network policy %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *Driver) deleteSecret(ctx context.Context, name string) error {
+	err := d.cfg.Client.CoreV1().Secrets(d.cfg.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err = ignoreNotFound(err); err != nil {
+		return fmt.Errorf("delete secret %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteClaim deletes a workspace claim; wait: and waits until it is gone
+// (its protection finalizer holds it while a pod uses it).
+func (d *Driver) deleteClaim(ctx context.Context, name string, wait bool) error {
 	claims := d.cfg.Client.CoreV1().PersistentVolumeClaims(d.cfg.Namespace)
 	if err := ignoreNotFound(claims.Delete(ctx, name, metav1.DeleteOptions{})); err != nil {
 		return fmt.Errorf("delete workspace claim %s: %w", name, err)
 	}
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return claims.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return claims.Watch(ctx, o)
-		},
+	if !wait {
+		return nil
 	}
+	lw := byName(name, claims.List, claims.Watch)
 	if err := waitGone(ctx, lw, &corev1.PersistentVolumeClaim{}, d.cfg.Namespace+"/"+name); err != nil {
 		return fmt.Errorf("workspace claim %s is not gone: %w", name, err)
 	}

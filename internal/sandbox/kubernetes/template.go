@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -140,7 +141,7 @@ func (t Template) check() error {
 			errs = append(errs, fmt.Errorf("volume %q: the name is the driver's", v.Name))
 		}
 	}
-	all := append(append([]corev1.Container{}, s.InitContainers...), s.Containers...)
+	all := slices.Concat(s.InitContainers, s.Containers)
 	for _, c := range all {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 			errs = append(errs, fmt.Errorf("container %q: privileged containers are not allowed", c.Name))

@@ -24,20 +24,30 @@ import (
 // logTailBytes bounds the guest's log carried in a start error.
 const logTailBytes = 2 << 10
 
-// podListWatch lists and watches one pod, by name.
-func (d *Driver) podListWatch(name string) *cache.ListWatch {
-	pods := d.cfg.Client.CoreV1().Pods(d.cfg.Namespace)
+// byName lists and watches one object, by name, through a kind's List
+// and Watch.
+func byName[L runtime.Object](
+	name string,
+	list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+) *cache.ListWatch {
 	sel := fields.OneTermEqualSelector("metadata.name", name).String()
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = sel
-			return pods.List(ctx, o)
+			return list(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel
-			return pods.Watch(ctx, o)
+			return watchFn(ctx, o)
 		},
 	}
+}
+
+// podListWatch lists and watches one pod, by name.
+func (d *Driver) podListWatch(name string) *cache.ListWatch {
+	pods := d.cfg.Client.CoreV1().Pods(d.cfg.Namespace)
+	return byName(name, pods.List, pods.Watch)
 }
 
 // watchPod calls fn with the pod's state as it is first, then as it

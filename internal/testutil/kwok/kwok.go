@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,6 +29,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/execlaw/execlaw/internal/testutil"
 )
 
 const (
@@ -76,7 +77,7 @@ func Start(tb testing.TB, kubeconfig string, n int) *Nodes {
 		Toleration:   corev1.Toleration{Key: FakeKey, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
 	}
 
-	bin := binary(tb)
+	bin := testutil.K8sTestbedBin(tb, "kwok")
 	// Not in tb.TempDir: a failed run's log is kept, and its path logged.
 	logPath := filepath.Join(os.TempDir(), "execlaw-kwok-"+run+".log")
 	logf, err := os.Create(logPath)
@@ -162,22 +163,6 @@ func Start(tb testing.TB, kubeconfig string, n int) *Nodes {
 		tb.Fatalf("kwok: %d nodes not Ready: %v; kwok's log ends:\n%s", n, err, logTail())
 	}
 	return nodes
-}
-
-// binary is the test bed's kwok, built the first time.
-func binary(tb testing.TB) string {
-	tb.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(file), "..", "..", "..", "scripts", "k8s-testbed.sh")
-	out, err := exec.Command("bash", script, "bin", "kwok").Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			err = fmt.Errorf("%v: %s", err, ee.Stderr)
-		}
-		tb.Fatalf("kwok: %s bin kwok: %v", script, err)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 func fakeNode(name, run string) *corev1.Node {
